@@ -1,0 +1,97 @@
+"""Checks on a composed config (one clear line before any compute) and the derived values.
+
+Derived values (micro-batch size, steps, warm-up steps, ...) are computed here and only here,
+and the engine logs them and stores them in summary.json.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from msam.data import check_data
+from msam.errors import ConfigError
+from msam.methods import METHOD_NAMES, MSAM_IMPLEMENTATIONS
+from msam.models import check_model
+from msam.optim import OPTIMIZER_NAMES
+from msam.schedule import SCHEDULE_NAMES, schedule_steps
+
+PRECISIONS = ("fp32", "bf16")
+RESUME_MODES = ("auto", "never")
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_method(cfg: DictConfig) -> None:
+    method = cfg.method
+    require(method.name in METHOD_NAMES, f"unknown method '{method.name}'; valid: {', '.join(METHOD_NAMES)}")
+    require(is_int(method.m) and method.m >= 1, f"method.m must be an integer >= 1, got {method.m!r}")
+    require(is_number(method.rho) and method.rho >= 0, f"method.rho must be a number >= 0, got {method.rho!r}")
+    require(cfg.batch_size % method.m == 0,
+            f"method.m={method.m} does not divide batch_size={cfg.batch_size} into equal micro-batches")
+    if method.name in ("vanilla", "sam"):
+        require(method.m == 1, f"method={method.name} uses one batch (m=1); use method=msam for m={method.m}")
+    if method.name == "msam":
+        require(method.impl in MSAM_IMPLEMENTATIONS,
+                f"unknown method.impl '{method.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
+
+
+def check_training(cfg: DictConfig) -> None:
+    require(is_int(cfg.epochs) and cfg.epochs >= 1, f"epochs must be an integer >= 1, got {cfg.epochs!r}")
+    require(is_int(cfg.batch_size) and cfg.batch_size >= 1,
+            f"batch_size must be an integer >= 1, got {cfg.batch_size!r}")
+    require(is_int(cfg.eval_batch_size) and cfg.eval_batch_size >= 1,
+            f"eval_batch_size must be an integer >= 1, got {cfg.eval_batch_size!r}")
+    require(is_number(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1,
+            f"label_smoothing must be in [0, 1), got {cfg.label_smoothing!r}")
+    require(cfg.grad_clip_norm is None or (is_number(cfg.grad_clip_norm) and cfg.grad_clip_norm > 0),
+            f"grad_clip_norm must be null or > 0, got {cfg.grad_clip_norm!r}")
+    require(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; valid: {', '.join(PRECISIONS)}")
+    require(cfg.resume in RESUME_MODES, f"unknown resume '{cfg.resume}'; valid: {', '.join(RESUME_MODES)}")
+    require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
+            f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+
+
+def check_optimisation(cfg: DictConfig) -> None:
+    require(cfg.optim.name in OPTIMIZER_NAMES, f"unknown optim '{cfg.optim.name}'; valid: {', '.join(OPTIMIZER_NAMES)}")
+    require(is_number(cfg.optim.lr) and cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr!r}")
+    require(is_number(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0,
+            f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay!r}")
+    schedule = cfg.schedule
+    require(schedule.name in SCHEDULE_NAMES, f"unknown schedule '{schedule.name}'; valid: {', '.join(SCHEDULE_NAMES)}")
+    require(is_number(schedule.warmup_fraction) and 0 <= schedule.warmup_fraction < 1,
+            f"schedule.warmup_fraction must be in [0, 1), got {schedule.warmup_fraction!r}")
+    if schedule.name == "onecycle":
+        require(schedule.warmup_fraction > 0, "schedule=onecycle needs schedule.warmup_fraction > 0")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be checked without touching data or building anything heavy."""
+    check_training(cfg)
+    check_method(cfg)
+    check_optimisation(cfg)
+    check_model(cfg.model)
+    check_data(cfg.dataset)
+
+
+def derived_values(cfg: DictConfig, train_size: int, steps_per_epoch: int) -> dict:
+    """The values a run computes from its config and data; logged and kept in summary.json."""
+    require(steps_per_epoch >= 1,
+            f"batch_size={cfg.batch_size} is larger than the training set ({train_size} samples)")
+    total_steps = cfg.epochs * steps_per_epoch
+    return {
+        "micro_batch_size": cfg.batch_size // cfg.method.m,
+        "steps_per_epoch": steps_per_epoch,
+        "samples_dropped_per_epoch": train_size - steps_per_epoch * cfg.batch_size,
+        **schedule_steps(cfg.schedule, total_steps),
+    }

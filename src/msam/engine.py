@@ -1,0 +1,190 @@
+"""The training loop: batch -> method -> clip -> optimizer -> schedule, per epoch evaluate,
+log a metrics line and checkpoint. Resumes from the run directory's last.pt."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from msam import runs
+from msam.config import check_config, derived_values
+from msam.data import build_data
+from msam.methods import build_method
+from msam.methods.params import trainable_parameters
+from msam.mirror import build_mirror
+from msam.models import build_model
+from msam.optim import build_optimizer
+from msam.schedule import build_schedule
+
+log = logging.getLogger("msam")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def per_sample_cross_entropy(label_smoothing: float):
+    return functools.partial(torch.nn.functional.cross_entropy, reduction="none",
+                             label_smoothing=label_smoothing)
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, precision) -> dict:
+    """Test loss (plain cross-entropy, no label smoothing) and accuracy, in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for inputs, targets in loader.epoch(0):
+        with autocast(device, precision):
+            logits = model(inputs)
+        loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+        correct += (logits.argmax(1) == targets).sum()
+        count += targets.shape[0]
+    model.train()
+    return {"test_loss": loss_sum.item() / count, "test_acc": 100.0 * correct.item() / count}
+
+
+class Progress:
+    """One log line every log_every_steps steps with loss, accuracy, learning rate and ETA."""
+
+    def __init__(self, cfg: DictConfig, steps_per_epoch: int, start_step: int) -> None:
+        self.every, self.epochs, self.steps_per_epoch = cfg.log_every_steps, cfg.epochs, steps_per_epoch
+        self.total = cfg.epochs * steps_per_epoch
+        self.start_step, self.start_time = start_step, time.perf_counter()
+
+    def maybe_log(self, epoch, step_in_epoch, global_step, loss_sum, correct, seen, lr) -> None:
+        if self.every <= 0 or step_in_epoch % self.every != 0:
+            return
+        rate = (time.perf_counter() - self.start_time) / max(global_step - self.start_step, 1)
+        eta = time.strftime("%H:%M:%S", time.gmtime(rate * (self.total - global_step)))
+        log.info(f"epoch {epoch + 1}/{self.epochs} step {step_in_epoch}/{self.steps_per_epoch} "
+                 f"loss {loss_sum.item() / seen:.4f} acc {100.0 * correct.item() / seen:.2f}% "
+                 f"lr {lr:.4g} eta {eta}")
+
+
+def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader, device, progress, step):
+    model.train()
+    params = trainable_parameters(model)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    for step_in_epoch, (inputs, targets) in enumerate(loader.epoch(epoch), start=1):
+        with autocast(device, cfg.precision):
+            loss, logits = method(model, loss_fn, (inputs, targets))
+        if cfg.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm, foreach=True)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_sum += loss * targets.shape[0]
+        correct += (logits.argmax(1) == targets).sum()
+        seen += targets.shape[0]
+        progress.maybe_log(epoch, step_in_epoch, step, loss_sum, correct, seen, scheduler.get_last_lr()[0])
+    stats = {"train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
+             "seconds": time.perf_counter() - start}
+    return stats, step
+
+
+def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int) -> dict:
+    return {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "epoch": epoch, "step": step,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_state(state: dict, model, optimizer, scheduler) -> tuple[int, int]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"]:
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return state["epoch"], state["step"]
+
+
+def summarise(cfg, status, rows, derived, provenance, run_dir) -> dict:
+    last = rows[-1] if rows else {}
+    return {
+        "status": status, "run_dir": str(run_dir), "dataset": cfg.dataset.name, "model": cfg.model.name,
+        "method": cfg.method.name, "m": cfg.method.m, "rho": cfg.method.rho, "seed": cfg.seed,
+        "epochs": cfg.epochs, "epochs_completed": len(rows), "seed_group": runs.seed_group(cfg),
+        "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+        "train_acc": last.get("train_acc"), "train_loss": last.get("train_loss"),
+        "best_test_acc": max((r["test_acc"] for r in rows), default=None),
+        "seconds_per_epoch": sum(r["seconds"] for r in rows) / len(rows) if rows else None,
+        "derived": derived, "provenance": provenance,
+    }
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train one run to completion (or continue it) and return its summary."""
+    check_config(cfg)
+    run_dir = runs.run_dir_for(cfg)
+    previous = runs.read_json(run_dir / "summary.json")
+    if cfg.resume == "auto" and previous and previous["status"] == "finished":
+        log.info(f"already finished: {run_dir} (test acc {previous['test_acc']:.2f}%)")
+        return previous
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg.dataset, cfg.batch_size, cfg.eval_batch_size, cfg.seed, device)
+    derived = derived_values(cfg, data.train_size, len(data.train))
+    model = build_model(cfg.model, data.num_classes, data.input_shape).to(device)
+    method = build_method(cfg.method)
+    optimizer = build_optimizer(cfg.optim, model)
+    scheduler = build_schedule(cfg.schedule, optimizer, derived["total_steps"])
+    loss_fn = per_sample_cross_entropy(cfg.label_smoothing)
+
+    epoch, step = 0, 0
+    state = runs.load_checkpoint(run_dir / "last.pt") if cfg.resume == "auto" else None
+    if state is not None:
+        epoch, step = restore_state(state, model, optimizer, scheduler)
+        log.info(f"resuming {run_dir} after epoch {epoch} (step {step})")
+    rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
+    runs.rewrite_metrics(run_dir / "metrics.jsonl", rows)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    provenance = runs.provenance(device)
+    runs.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    runs.write_json(run_dir / "provenance.json", provenance)
+    log.info(f"run {run_dir}: {cfg.method.name} m={cfg.method.m} rho={cfg.method.rho} on {provenance['device']}")
+    log.info("derived: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
+    mirror = build_mirror(cfg.logger, run_dir.name, resolved, str(run_dir))
+
+    progress = Progress(cfg, derived["steps_per_epoch"], step)
+    while epoch < cfg.epochs:
+        train_stats, step = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
+                                        data.train, device, progress, step)
+        epoch += 1
+        row = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], **train_stats,
+               **evaluate(model, data.test, device, cfg.precision)}
+        rows.append(row)
+        # Metrics first: a kill between the two leaves a row past the checkpoint, which the
+        # resumed run drops and recomputes, rather than a checkpoint with a row missing.
+        runs.append_metrics(run_dir / "metrics.jsonl", row)
+        runs.save_checkpoint(run_dir / "last.pt", checkpoint_state(cfg, model, optimizer, scheduler, epoch, step))
+        runs.write_json(run_dir / "summary.json", summarise(cfg, "running", rows, derived, provenance, run_dir))
+        mirror.log(row, step)
+        log.info(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
+                 f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% | {row['seconds']:.1f}s")
+    summary = summarise(cfg, "finished", rows, derived, provenance, run_dir)
+    runs.write_json(run_dir / "summary.json", summary)
+    mirror.finish()
+    return summary

@@ -1,0 +1,35 @@
+"""The method contract: fill .grad with the update direction, return (clean loss, logits).
+
+A loss function maps (logits, targets) to per-sample losses; methods take the mean.
+Methods never step the optimizer and never touch weight decay, clipping or the learning
+rate: those belong to the base optimizer and the engine, exactly as for vanilla training.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+from msam.methods.batch import Inputs
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Method(Protocol):
+    name: str
+    m: int
+
+    def __call__(
+        self, model: torch.nn.Module, loss_fn: LossFn, batch: tuple[Inputs, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill each trainable parameter's .grad; return the detached clean mean loss and logits."""
+        ...
+
+
+def forward_loss(model: torch.nn.Module, loss_fn: LossFn, inputs: Inputs, targets: torch.Tensor):
+    """Mean loss and logits of one pass; dict inputs are passed as keyword arguments."""
+    logits = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    if hasattr(logits, "logits"):  # transformers' output objects
+        logits = logits.logits
+    return loss_fn(logits, targets).mean(), logits

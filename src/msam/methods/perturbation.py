@@ -1,0 +1,14 @@
+"""The ascent step shared by SAM and mSAM: w <- w + e with e = rho * g / (||g|| + eps)."""
+
+from __future__ import annotations
+
+import torch
+
+from msam.methods.params import global_norm
+
+
+@torch.no_grad()
+def ascend_(params: list[torch.Tensor], grads: list[torch.Tensor], rho: float, eps: float) -> None:
+    """Move params in place to w + rho * g / (||g|| + eps); the norm is over all params together."""
+    scale = rho / (global_norm(grads) + eps)
+    torch._foreach_add_(params, torch._foreach_mul(grads, scale))

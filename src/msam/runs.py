@@ -1,0 +1,147 @@
+"""Run directories: named by the config alone, written atomically, resumable.
+
+A run directory holds config.yaml (resolved), provenance.json (git commit, versions, device,
+command), metrics.jsonl (one line per epoch), summary.json and last.pt. Every file is
+written to a temporary name in the same directory, fsynced and renamed, so a reader never
+sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+# Keys that say where things are or how a run is watched, not what is trained: changing
+# them must find the same run directory again.
+NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "dataset.root",
+                     "dataset.download", "dataset.num_workers")
+
+
+def identity(cfg: DictConfig, also_drop: tuple[str, ...] = ()) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NON_IDENTITY_KEYS + also_drop:
+        *parents, leaf = dotted.split(".")
+        node = container
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return container
+
+
+def config_hash(cfg: DictConfig, also_drop: tuple[str, ...] = ()) -> str:
+    text = json.dumps(identity(cfg, also_drop), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def seed_group(cfg: DictConfig) -> str:
+    """Runs that differ only in their seed share this key: reports average over it."""
+    return config_hash(cfg, also_drop=("seed",))
+
+
+def format_number(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_name(cfg: DictConfig) -> str:
+    """Readable prefix (what a person looks for) plus a hash of everything that matters."""
+    method = cfg.method
+    return (f"{cfg.dataset.name}_{cfg.model.name}_{method.name}_m{method.m}_rho{format_number(method.rho)}"
+            f"_s{cfg.seed}_{config_hash(cfg)}")
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.runs) / run_name(cfg)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rewrite_metrics(path: Path, rows: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode())
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """Append by atomic rewrite: metrics files are small (one line per epoch)."""
+    rewrite_metrics(path, read_metrics(path) + [row])
+
+
+def git_commit() -> str:
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+
+
+def package_versions() -> dict:
+    names = ("msam", "torch", "torchvision", "timm", "hydra-core", "omegaconf", "numpy", "scikit-learn")
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)} (x{torch.cuda.device_count()})"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def provenance(device: torch.device) -> dict:
+    return {
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "device": device_description(device),
+        "host": socket.gethostname(),
+        "command": " ".join(sys.argv),
+    }
