@@ -1,0 +1,29 @@
+"""Compose the real config tree with Hydra's compose API, shrunk for CPU tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+# The smoke overlay: tiny, fast, CPU, no dashboard.
+SMOKE = ["epochs=2", "device=cpu", "log_every_steps=0", "logger=none"]
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """make_cfg(*overrides) -> a composed config whose runs go under tmp_path/runs."""
+
+    def _make(*overrides: str, smoke: bool = True) -> DictConfig:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[*(SMOKE if smoke else []), *overrides])
+        with open_dict(cfg):
+            cfg.paths.runs = str(tmp_path / "runs")
+            cfg.paths.data = str(tmp_path / "data")
+        return cfg
+
+    return _make

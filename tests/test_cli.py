@@ -1,0 +1,44 @@
+"""Bad input: one clear line on stderr, a non-zero exit, no traceback, before any training."""
+
+import subprocess
+import sys
+
+import pytest
+
+BAD_INPUTS = {
+    "m does not divide the batch": (["method=msam", "method.m=7"], "does not divide batch_size=64"),
+    "m below one": (["method=msam", "method.m=0"], "method.m must be an integer >= 1"),
+    "negative rho": (["method=sam", "method.rho=-0.1"], "method.rho must be a number >= 0"),
+    "unknown dataset": (["dataset=mnist"], "unknown dataset 'mnist'; valid: cifar10, cifar100, digits"),
+    "unknown model": (["model=resnet7"], "unknown model 'resnet7'; valid:"),
+    "unknown method": (["method=adam"], "unknown method 'adam'; valid: msam, sam, vanilla"),
+    "unknown method in a sweep": (["-m", "method=sam,adam"], "unknown method 'adam'"),
+    "missing data": (["dataset=cifar10", "model=resnet18"], "cifar10 not found: looked for"),
+    "epochs below one": (["epochs=0"], "epochs must be an integer >= 1"),
+    "sam with m": (["method=sam", "method.m=4"], "use method=msam"),
+}
+
+
+def run_cli(args, tmp_path):
+    command = [sys.executable, "-m", "msam.train", *args, f"paths.runs={tmp_path}/runs",
+               f"paths.data={tmp_path}/nothing", "device=cpu"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(case, tmp_path):
+    args, expected = BAD_INPUTS[case]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("msam-train: error: "), result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("last.pt"))
+
+
+def test_a_good_command_trains(tmp_path):
+    result = run_cli(["method=msam", "method.m=4", "epochs=1", "log_every_steps=0"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "runs").glob("*/summary.json"))) == 1
+    assert not (tmp_path / "outputs").exists()  # Hydra writes no timestamped folders

@@ -1,0 +1,104 @@
+"""End-to-end runs on the digits: files, resume, a finished run left alone, progress lines."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from msam import engine, runs
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+def test_a_run_writes_its_directory(make_cfg):
+    cfg = make_cfg("method=msam", "method.m=4")
+    summary = engine.train(cfg)
+    run_dir = runs.run_dir_for(cfg)
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 2
+    for name in ("config.yaml", "provenance.json", "metrics.jsonl", "summary.json", "last.pt"):
+        assert (run_dir / name).is_file(), name
+    rows = runs.read_metrics(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+    assert summary["derived"]["micro_batch_size"] == 16
+    assert summary["derived"]["steps_per_epoch"] == 1438 // 64
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["versions"]["torch"] and provenance["git_commit"] and provenance["device"].startswith("cpu")
+    assert summary["test_acc"] > 50  # it learns: 10 classes, chance is 10%
+
+
+def test_run_directory_depends_on_the_config_only(make_cfg, tmp_path):
+    a = make_cfg("method=sam")
+    b = make_cfg("method=sam")
+    b.paths.runs = str(tmp_path / "elsewhere")
+    assert runs.run_dir_for(a).name == runs.run_dir_for(b).name
+    assert runs.run_dir_for(a).name != runs.run_dir_for(make_cfg("method=sam", "optim.lr=0.2")).name
+    assert runs.run_dir_for(a).name != runs.run_dir_for(make_cfg("method=sam", "seed=1")).name
+
+
+def test_a_finished_run_is_not_trained_again(make_cfg, monkeypatch):
+    cfg = make_cfg("method=vanilla")
+    first = engine.train(cfg)
+    monkeypatch.setattr(engine, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
+    assert engine.train(cfg)["test_acc"] == first["test_acc"]
+
+
+@pytest.mark.parametrize("method", ["sam", "msam"])
+def test_resume_after_an_interruption_ends_bit_identical(make_cfg, tmp_path, monkeypatch, method):
+    uninterrupted = make_cfg(f"method={method}", "method.m=1" if method == "sam" else "method.m=4", "epochs=3")
+    engine.train(uninterrupted)
+
+    interrupted = uninterrupted.copy()
+    interrupted.paths.runs = str(tmp_path / "interrupted")
+    real_train_epoch = engine.train_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(interrupted)
+    monkeypatch.setattr(engine, "train_epoch", real_train_epoch)
+    summary = engine.train(interrupted)  # resume=auto: continues from last.pt
+
+    a, b = weights(runs.run_dir_for(uninterrupted)), weights(runs.run_dir_for(interrupted))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in runs.read_metrics(runs.run_dir_for(interrupted) / "metrics.jsonl")] == [1, 2, 3]
+    assert summary["epochs_completed"] == 3
+
+
+def test_resume_never_starts_over(make_cfg):
+    cfg = make_cfg("method=vanilla", "epochs=1")
+    engine.train(cfg)
+    cfg.resume = "never"
+    assert engine.train(cfg)["epochs_completed"] == 1
+
+
+def test_progress_lines_show_step_loss_accuracy_and_eta(make_cfg, caplog):
+    cfg = make_cfg("method=vanilla", "epochs=1", "log_every_steps=10")
+    with caplog.at_level(logging.INFO, logger="msam"):
+        engine.train(cfg)
+    lines = [r.getMessage() for r in caplog.records if "step 10/" in r.getMessage()]
+    assert lines and all(word in lines[0] for word in ("epoch 1/1", "loss", "acc", "lr", "eta"))
+    assert len([r for r in caplog.records if "step" in r.getMessage()]) < 10  # no flood
+
+
+def test_gradient_clipping_bounds_the_update(make_cfg):
+    cfg = make_cfg("method=msam", "method.m=4", "grad_clip_norm=1e-6", "optim.momentum=0.0",
+                   "optim.weight_decay=0.0", "schedule=constant", "optim.lr=1.0", "epochs=1")
+    engine.train(cfg)
+    before = torch.load(runs.run_dir_for(cfg) / "last.pt", weights_only=True)
+    # 22 steps of at most lr * 1e-6 each: the weights barely move from their initialisation.
+    torch.manual_seed(cfg.seed)
+    from msam.models import build_model
+
+    init = build_model(cfg.model, 10, (1, 8, 8)).state_dict()
+    moved = sum((before["model"][k].double() - init[k].double()).pow(2).sum() for k in init if k.endswith("weight"))
+    assert moved.sqrt() <= 22 * 1e-6 + 1e-9
