@@ -1,0 +1,32 @@
+"""Data sets by name. Each builder returns a DataBundle; checkers fail fast on missing data."""
+
+from __future__ import annotations
+
+from msam.data.bundle import DataBundle
+from msam.data.cifar import build_cifar, check_cifar
+from msam.data.digits import build_digits
+from msam.data.imagenet import build_imagenet, check_imagenet
+from msam.data.synthetic import build_synthetic
+from msam.errors import ConfigError
+
+BUILDERS = {
+    "digits": build_digits,
+    "synthetic": build_synthetic,
+    "cifar10": build_cifar,
+    "cifar100": build_cifar,
+    "imagenet": build_imagenet,
+}
+CHECKERS = {"cifar10": check_cifar, "cifar100": check_cifar, "imagenet": check_imagenet}
+
+
+def check_data(cfg) -> None:
+    """Fail with one line, before any compute, if the data set is unknown or missing."""
+    if cfg.name not in BUILDERS:
+        raise ConfigError(f"unknown dataset '{cfg.name}'; valid: {', '.join(sorted(BUILDERS))}")
+    if cfg.name in CHECKERS:
+        CHECKERS[cfg.name](cfg)
+
+
+def build_data(cfg, batch_size: int, eval_batch_size: int, seed: int, device) -> DataBundle:
+    check_data(cfg)
+    return BUILDERS[cfg.name](cfg, batch_size, eval_batch_size, seed, device)

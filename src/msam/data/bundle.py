@@ -1,0 +1,38 @@
+"""What every data set hands the engine: two loaders and the shape of the problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from msam.data.augment import random_crop_flip
+from msam.data.loaders import FolderLoader, TensorLoader
+
+
+@dataclass
+class DataBundle:
+    train: TensorLoader | FolderLoader
+    test: TensorLoader | FolderLoader
+    num_classes: int
+    input_shape: tuple[int, ...]
+    train_size: int
+    test_size: int
+
+
+def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """Per-channel (x - mean) / std for images in [0, 1], shape (N, C, H, W)."""
+    mean = torch.tensor(list(mean), dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(list(std), dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def tensor_bundle(cfg, train_x, train_y, test_x, test_y, batch_size, eval_batch_size, seed, device):
+    """Normalise, move to the device and wrap tensors (N, C, H, W) in [0, 1] as a DataBundle."""
+    train_x = normalise(train_x, cfg.mean, cfg.std).to(device)
+    test_x = normalise(test_x, cfg.mean, cfg.std).to(device)
+    augment = random_crop_flip(cfg.crop_padding, cfg.flip) if cfg.augment else None
+    train = TensorLoader(train_x, train_y.to(device), batch_size, shuffle=True, drop_last=True,
+                         seed=seed, augment=augment)
+    test = TensorLoader(test_x, test_y.to(device), eval_batch_size, shuffle=False, drop_last=False)
+    return DataBundle(train, test, cfg.num_classes, tuple(train_x.shape[1:]), len(train_y), len(test_y))

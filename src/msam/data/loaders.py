@@ -1,0 +1,92 @@
+"""Loaders whose order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+TensorLoader keeps a whole data set as tensors on the device and augments there
+(CIFAR, digits, synthetic); FolderLoader wraps torch's DataLoader for data that does not fit.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """One CPU random stream per (seed, epoch): data order and augmentation draw from it."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class TensorLoader:
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        augment: Augment | None = None,
+    ) -> None:
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.augment = seed, augment
+
+    def __len__(self) -> int:
+        n = self.targets.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = epoch_generator(self.seed, epoch)
+        n = self.targets.shape[0]
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = order.to(self.targets.device)
+        for k in range(len(self)):
+            index = order[k * self.batch_size : (k + 1) * self.batch_size]
+            inputs = self.inputs[index]
+            if self.augment is not None:
+                inputs = self.augment(inputs, gen)
+            yield inputs, self.targets[index]
+
+
+class SeededSamples(Dataset):
+    """Each sample's random transform draws from a stream seeded by (seed, epoch, index), so
+    augmentation does not depend on worker count, process or what ran before."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.dataset[index]
+
+
+class FolderLoader:
+    """torch DataLoader, rebuilt per epoch with its order seeded by (seed, epoch)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool,
+                 seed: int, num_workers: int, device: torch.device) -> None:
+        self.dataset, self.batch_size, self.shuffle = SeededSamples(dataset, seed), batch_size, shuffle
+        self.drop_last, self.seed, self.num_workers, self.device = drop_last, seed, num_workers, device
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = epoch_generator(self.seed, epoch)
+        self.dataset.epoch = epoch
+        sampler = RandomSampler(self.dataset, generator=gen) if self.shuffle else SequentialSampler(self.dataset)
+        loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=self.drop_last,
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda", generator=gen,
+            persistent_workers=False,
+        )
+        for inputs, targets in loader:
+            yield inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
