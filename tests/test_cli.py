@@ -42,3 +42,10 @@ def test_a_good_command_trains(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "runs").glob("*/summary.json"))) == 1
     assert not (tmp_path / "outputs").exists()  # Hydra writes no timestamped folders
+
+
+def test_a_multirun_sweep_trains_each_combination(tmp_path):
+    result = run_cli(["-m", "method=vanilla,sam", "seed=0,1", "epochs=1", "log_every_steps=0"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    summaries = sorted(p.parent.name for p in (tmp_path / "runs").glob("*/summary.json"))
+    assert len(summaries) == 4 and sum("_sam_" in name for name in summaries) == 2

@@ -9,6 +9,10 @@ from msam.methods.params import global_norm
 
 @torch.no_grad()
 def ascend_(params: list[torch.Tensor], grads: list[torch.Tensor], rho: float, eps: float) -> None:
-    """Move params in place to w + rho * g / (||g|| + eps); the norm is over all params together."""
-    scale = rho / (global_norm(grads) + eps)
-    torch._foreach_add_(params, torch._foreach_mul(grads, scale))
+    """Move params in place to w + rho * g / (||g|| + eps); the norm is over all params together.
+
+    The grads are scaled in place into e (callers discard them next) to spare a copy.
+    """
+    scale = rho / (global_norm(grads) + eps)  # a tensor: no host sync
+    torch._foreach_mul_(grads, scale)
+    torch._foreach_add_(params, grads)

@@ -15,11 +15,12 @@ METHOD_ORDER = {"vanilla": 0, "sam": 1, "msam": 2}
 
 def render(table, title: str) -> Table:
     out = Table(title=title)
-    for column in ("data set", "model", "method", "m", "rho", "epochs", "test accuracy (%)", "s / epoch"):
-        out.add_column(column, justify="left" if column in ("data set", "model", "method") else "right")
+    for column in ("data set", "model", "method", "m", "rho", "epochs", "test acc (%)", "n", "s / epoch"):
+        out.add_column(column, justify="left" if column in ("data set", "model", "method") else "right",
+                       no_wrap=True)
     for row in table.itertuples():
         out.add_row(row.dataset, row.model, row.method, str(row.m), f"{row.rho:g}", str(row.epochs),
-                    f"{row.acc_mean:.2f} ± {row.acc_std:.2f} (n={row.n})", f"{row.seconds_per_epoch:.2f}")
+                    f"{row.acc_mean:.2f} ± {row.acc_std:.2f}", str(row.n), f"{row.seconds_per_epoch:.2f}")
     return out
 
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", help="folder holding run directories (searched recursively)")
     args = parser.parse_args(argv)
     runs, skipped = collect_runs(args.runs)
-    console = Console()
+    console = Console(width=max(Console().width, 120))  # piped output would wrap at 80 columns
     for note in skipped:
         console.print(f"skipped {note}")
     if runs.empty:
