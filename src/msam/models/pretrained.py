@@ -7,12 +7,9 @@ import os
 import timm
 import torch
 from torch import nn
-from torchvision.models import resnet50, wide_resnet50_2
+from torchvision import models as tv_models
 
 from msam.errors import ConfigError
-
-TORCHVISION = {"imagenet_resnet50": resnet50, "imagenet_wrn50_2": wide_resnet50_2}
-
 
 def check_checkpoint(path: str | None) -> None:
     if path is not None and not os.path.isfile(path):
@@ -20,7 +17,7 @@ def check_checkpoint(path: str | None) -> None:
 
 
 def torchvision_model(name: str, num_classes: int, checkpoint: str | None) -> nn.Module:
-    model = TORCHVISION[name](weights=None, num_classes=num_classes)
+    model = tv_models.get_model(name, weights=None, num_classes=num_classes)
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state))
