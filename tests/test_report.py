@@ -1,31 +1,113 @@
-"""msam-report averages finished runs over seeds and says which runs it skipped."""
+"""msam-report on fixture run directories: grouping, the paper beside ours, missing and corrupt runs."""
 
 import json
 
+import pytest
+
 from msam import engine
 from msam.report.cli import main
-from msam.report.collect import collect_runs, mean_std_table
+from msam.report.collect import collect_runs
+from msam.report.tables import accuracy_table, accuracy_vs_m, runtime_table, sharpness_table
 
 
-def test_report_averages_over_seeds_and_skips_unfinished(make_cfg, tmp_path, capsys):
-    accuracies = [engine.train(make_cfg("method=vanilla", "epochs=1", f"seed={s}"))["test_acc"] for s in (0, 1)]
-    engine.train(make_cfg("method=sam", "epochs=1"))
-    unfinished = tmp_path / "runs" / "broken"
-    unfinished.mkdir()
-    (unfinished / "summary.json").write_text(json.dumps({"status": "running"}))
+def fixture_run(root, name, *, method, m, seed, acc, seconds, dataset="cifar100", model="resnet50",
+                lambda_max=None, status="finished"):
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    summary = {"status": status, "dataset": dataset, "model": model, "method": method, "m": m,
+               "rho": 0.0 if method == "vanilla" else 0.2, "seed": seed, "epochs": 200, "epochs_completed": 200,
+               "test_acc": acc, "best_test_acc": acc, "seconds_per_epoch": seconds,
+               "seed_group": f"{method}{m}"}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    if lambda_max is not None:
+        (run_dir / "sharpness.json").write_text(json.dumps({"lambda_max": lambda_max, "trace": 10 * lambda_max}))
+    return run_dir
 
-    runs, skipped = collect_runs(tmp_path / "runs")
-    table = mean_std_table(runs)
-    vanilla = table[table.method == "vanilla"].iloc[0]
-    assert vanilla.n == 2 and abs(vanilla.acc_mean - sum(accuracies) / 2) < 1e-9
-    assert table[table.method == "sam"].iloc[0].n == 1
-    assert len(skipped) == 1 and "broken" in skipped[0]
 
-    assert main([str(tmp_path / "runs")]) == 0
-    out = capsys.readouterr().out
-    assert "vanilla" in out and f"{sum(accuracies) / 2:.2f}" in out and "skipped" in out
+@pytest.fixture
+def fixture_runs(tmp_path):
+    root = tmp_path / "runs"
+    fixture_run(root, "msam_s0", method="msam", m=32, seed=0, acc=83.0, seconds=30.0, lambda_max=2.0)
+    fixture_run(root, "msam_s1", method="msam", m=32, seed=1, acc=83.5, seconds=34.0, lambda_max=4.0)
+    fixture_run(root, "msam16_s0", method="msam", m=16, seed=0, acc=82.0, seconds=31.0)
+    fixture_run(root, "sam_s0", method="sam", m=1, seed=0, acc=81.0, seconds=16.0, lambda_max=5.0)
+    fixture_run(root, "running", method="sam", m=1, seed=1, acc=50.0, seconds=16.0, status="running")
+    corrupt = fixture_run(root, "corrupt", method="sam", m=1, seed=2, acc=81.0, seconds=16.0)
+    (corrupt / "summary.json").write_text('{"status": "finished", "test_')  # a truncated write
+    no_config = fixture_run(root, "no_config", method="sam", m=1, seed=3, acc=81.0, seconds=16.0)
+    (no_config / "config.yaml").unlink()
+    return root
+
+
+def test_incomplete_and_corrupt_runs_are_named_and_skipped(fixture_runs):
+    runs, skipped = collect_runs(fixture_runs)
+    assert len(runs) == 4
+    reasons = {note.split(":")[0].rsplit("/", 1)[-1]: note for note in skipped}
+    assert set(reasons) == {"running", "corrupt", "no_config"}
+    assert "not finished" in reasons["running"] and "unreadable summary.json" in reasons["corrupt"]
+    assert "config.yaml missing" in reasons["no_config"]
+
+
+def test_accuracy_table_puts_the_paper_beside_ours_and_lists_missing_rows(fixture_runs):
+    report = accuracy_table(collect_runs(fixture_runs)[0])
+    msam = report.numbers[(report.numbers.method == "msam") & (report.numbers.m == 32)].iloc[0]
+    assert msam["mean"] == pytest.approx(83.25) and msam["n"] == 2
+    assert msam["std"] == pytest.approx(0.3535534, rel=1e-6)  # sample std (n - 1)
+    assert msam["paper_mean"] == 83.37 and msam["difference"] == pytest.approx(-0.12)
+    sam = report.numbers[report.numbers.method == "sam"].iloc[0]
+    assert sam["paper_mean"] == 81.49
+    m16 = report.numbers[report.numbers.m == 16].iloc[0]
+    assert m16["paper_mean"] != m16["paper_mean"]  # NaN: the paper ran m = 32 only
+    assert any("missing: cifar100 resnet50 vanilla m=1 (paper 80.68" in note for note in report.notes)
+    assert list(report.display["method"]) == ["sam", "msam", "msam"]
+
+
+def test_sharpness_table_lists_runs_without_sharpness(fixture_runs):
+    report = sharpness_table(collect_runs(fixture_runs)[0])
+    msam = report.numbers[report.numbers.m == 32].iloc[0]
+    assert msam["mean"] == pytest.approx(3.0) and msam["trace_mean"] == pytest.approx(30.0)
+    assert any("no sharpness.json" in n and "msam16_s0" in n for n in report.notes)
+
+
+def test_runtime_table_gives_ratios_to_sam_on_the_same_setting(fixture_runs):
+    report = runtime_table(collect_runs(fixture_runs)[0])
+    msam = report.numbers[report.numbers.m == 32].iloc[0]
+    assert msam["mean"] == pytest.approx(32.0) and msam["x_sam"] == pytest.approx(2.0)
+    assert msam["total"] == pytest.approx(32.0 * 200)
+    assert msam["paper_x_sam"] == pytest.approx(16196 / 7440)
+
+
+def test_accuracy_vs_m_draws_a_figure(fixture_runs):
+    report = accuracy_vs_m(collect_runs(fixture_runs)[0])
+    assert list(report.numbers["m"]) == [1, 16, 32] and report.figure is not None
+
+
+def test_cli_writes_markdown_csv_tex_and_png(fixture_runs, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["table=all", f"runs={fixture_runs}", f"out={out}"]) == 0
+    for name in ("tab2", "tab4", "tab5", "fig1"):
+        for suffix in ("md", "csv", "tex"):
+            assert (out / f"{name}.{suffix}").is_file()
+    assert (out / "fig1.png").stat().st_size > 1000
+    markdown = (out / "tab2.md").read_text()
+    assert "| cifar100 | resnet50 | msam | 32 | 0.2 | 200 | 83.25 ± 0.35 | 2 | 83.37 ± 0.10 | -0.12 |" in markdown
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "corrupt" in printed
+
+
+def test_cli_refuses_an_unknown_table(tmp_path, capsys):
+    assert main(["table=tab9", f"runs={tmp_path}"]) == 2
+    assert "unknown table 'tab9'" in capsys.readouterr().err
 
 
 def test_report_on_an_empty_folder_is_an_error(tmp_path, capsys):
-    assert main([str(tmp_path)]) == 2
+    assert main([f"runs={tmp_path}"]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_report_reads_real_runs(make_cfg, tmp_path):
+    accuracies = [engine.train(make_cfg("method=vanilla", "epochs=1", f"seed={s}"))["test_acc"] for s in (0, 1)]
+    report = accuracy_table(collect_runs(tmp_path / "runs")[0])
+    assert report.numbers.iloc[0]["n"] == 2
+    assert report.numbers.iloc[0]["mean"] == pytest.approx(sum(accuracies) / 2)

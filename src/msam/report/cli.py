@@ -1,44 +1,53 @@
-"""msam-report: the paper-style table of the finished runs under a folder."""
+"""msam-report: the paper's tables and figures from your run directories.
+
+    msam-report table=tab2 runs=runs/ out=results/      (tab2, tab4, tab5, fig1, or all)
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
+from omegaconf import OmegaConf
 from rich.console import Console
-from rich.table import Table
 
-from msam.report.collect import collect_runs, mean_std_table
+from msam.report.collect import collect_runs
+from msam.report.render import show, write_report
+from msam.report.tables import REPORTS
 
-METHOD_ORDER = {"vanilla": 0, "sam": 1, "msam": 2}
+DEFAULTS = {"table": "tab2", "runs": "runs", "out": "results"}
 
 
-def render(table, title: str) -> Table:
-    out = Table(title=title)
-    for column in ("data set", "model", "method", "m", "rho", "epochs", "test acc (%)", "n", "s / epoch"):
-        out.add_column(column, justify="left" if column in ("data set", "model", "method") else "right",
-                       no_wrap=True)
-    for row in table.itertuples():
-        out.add_row(row.dataset, row.model, row.method, str(row.m), f"{row.rho:g}", str(row.epochs),
-                    f"{row.acc_mean:.2f} ± {row.acc_std:.2f}", str(row.n), f"{row.seconds_per_epoch:.2f}")
-    return out
+def parse(argv: list[str]):
+    unknown = [a for a in argv if a.split("=", 1)[0] not in DEFAULTS or "=" not in a]
+    if unknown:
+        raise ValueError(f"unknown argument {unknown[0]!r}; use {' '.join(f'{k}=...' for k in DEFAULTS)}")
+    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(argv))
+    names = list(REPORTS) if cfg.table == "all" else str(cfg.table).split(",")
+    bad = [n for n in names if n not in REPORTS]
+    if bad:
+        raise ValueError(f"unknown table '{bad[0]}'; valid: {', '.join(REPORTS)}, all")
+    return names, Path(cfg.runs), Path(cfg.out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="msam-report", description=__doc__)
-    parser.add_argument("runs", help="folder holding run directories (searched recursively)")
-    args = parser.parse_args(argv)
-    runs, skipped = collect_runs(args.runs)
-    console = Console(width=max(Console().width, 120))  # piped output would wrap at 80 columns
-    for note in skipped:
-        console.print(f"skipped {note}")
-    if runs.empty:
-        print(f"msam-report: error: no finished runs under {args.runs}", file=sys.stderr)
+    try:
+        names, runs_dir, out_dir = parse(sys.argv[1:] if argv is None else argv)
+    except ValueError as error:
+        print(f"msam-report: error: {error}", file=sys.stderr)
         return 2
-    table = mean_std_table(runs)
-    table = table.sort_values(by=["dataset", "model", "method"], key=lambda c: c.map(lambda v: METHOD_ORDER.get(v, v)),
-                              kind="stable")
-    console.print(render(table, f"Test accuracy, mean ± std over seeds ({args.runs})"))
+    runs, skipped = collect_runs(runs_dir)
+    console = Console(width=max(Console().width, 140))  # piped output would wrap at 80 columns
+    for note in skipped:
+        console.print(f"skipped {note}", highlight=False)
+    if runs.empty:
+        print(f"msam-report: error: no finished runs under {runs_dir}", file=sys.stderr)
+        return 2
+    for name in names:
+        report = REPORTS[name](runs)
+        show(report, console)
+        paths = write_report(report, out_dir)
+        console.print(f"  wrote {', '.join(str(p) for p in paths)}\n", highlight=False)
     return 0
 
 

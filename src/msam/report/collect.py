@@ -1,4 +1,8 @@
-"""Read the summaries of finished runs under a folder into a pandas DataFrame."""
+"""Read finished runs (summary.json, and sharpness.json where measured) into a DataFrame.
+
+Run directories are the only source; a directory that is unfinished, unreadable or missing
+its files is reported by name with the reason and skipped, never silently dropped.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,53 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "test_acc", "best_test_acc",
-           "seconds_per_epoch", "epochs", "epochs_completed", "seed_group", "run_dir"]
+COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "epochs", "epochs_completed", "test_acc",
+           "best_test_acc", "seconds_per_epoch", "train_seconds", "seed_group", "lambda_max", "trace",
+           "run_dir"]
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"unreadable {path.name} ({error.__class__.__name__})") from None
+
+
+def read_run(run_dir: Path) -> dict:
+    summary = read_json(run_dir / "summary.json")
+    if summary.get("status") != "finished":
+        raise ValueError(f"status {summary.get('status')!r}, not finished")
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError("config.yaml missing")
+    row = {key: summary.get(key) for key in COLUMNS}
+    row["train_seconds"] = summary["seconds_per_epoch"] * summary["epochs_completed"]
+    row["run_dir"] = str(run_dir)
+    sharpness_path = run_dir / "sharpness.json"
+    if sharpness_path.is_file():
+        sharpness = read_json(sharpness_path)
+        row["lambda_max"], row["trace"] = sharpness["lambda_max"], sharpness.get("trace")
+    return row
 
 
 def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """Finished runs as rows, and a note for every run directory that was skipped and why."""
+    """Finished runs as rows, and one note per run directory skipped, with the reason."""
     rows, skipped = [], []
     for path in sorted(Path(root).rglob("summary.json")):
-        summary = json.loads(path.read_text())
-        if summary.get("status") != "finished":
-            skipped.append(f"{path.parent}: status {summary.get('status')!r}, not finished")
-            continue
-        rows.append({key: summary.get(key) for key in COLUMNS})
+        try:
+            rows.append(read_run(path.parent))
+        except (ValueError, KeyError, TypeError) as error:
+            skipped.append(f"{path.parent}: {error}")
     return pd.DataFrame(rows, columns=COLUMNS), skipped
 
 
-def mean_std_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration up to the seed: test accuracy mean, std (n-1) and n."""
-    keys = ["dataset", "model", "method", "m", "rho", "epochs", "seed_group"]
-    grouped = runs.groupby(keys, sort=False)
-    table = grouped.agg(acc_mean=("test_acc", "mean"), acc_std=("test_acc", "std"), n=("test_acc", "size"),
-                        seconds_per_epoch=("seconds_per_epoch", "mean")).reset_index()
-    table["acc_std"] = table["acc_std"].fillna(0.0)
+GROUP_KEYS = ["dataset", "model", "method", "m", "rho", "epochs", "seed_group"]
+
+
+def mean_std(runs: pd.DataFrame, value: str) -> pd.DataFrame:
+    """One row per configuration up to the seed: mean, sample std (n-1, 0 for n=1) and n."""
+    present = runs.dropna(subset=[value])
+    table = (present.groupby(GROUP_KEYS, sort=False)[value]
+             .agg(mean="mean", std="std", n="size").reset_index())
+    table["std"] = table["std"].fillna(0.0)
     return table
+

@@ -67,6 +67,7 @@ def measure_run(run_dir: str | Path, *, algorithm: str = "lanczos", max_iter: in
         "provenance": runs.provenance(torch_device),
     })
     runs.write_json(run_dir / "sharpness.json", result)
-    log.info(f"lambda_max {result['lambda_max']:.4g} (converged {result['converged']}), trace "
-             f"{result['trace']} ± {result['trace_stderr']}, {result['hvp_count']} HVPs in {result['seconds']:.1f}s")
+    trace = "not measured" if result["trace"] is None else f"{result['trace']:.4g} ± {result['trace_stderr']:.2g}"
+    log.info(f"lambda_max {result['lambda_max']:.4g} (converged {result['converged']}), trace {trace}, "
+             f"{result['hvp_count']} HVPs in {result['seconds']:.1f}s")
     return result

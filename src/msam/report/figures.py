@@ -1,0 +1,25 @@
+"""Figures with matplotlib (Agg backend: no display needed), error bars = std over seeds."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def accuracy_vs_m_figure(numbers):
+    """One panel per (dataset, model): accuracy against m on a log-2 axis."""
+    panels = list(numbers.groupby(["dataset", "model"], sort=True))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for axis, ((dataset, model), rows) in zip(axes[0], panels):
+        axis.errorbar(rows["m"], rows["mean"], yerr=rows["std"], marker="o", capsize=3)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(sorted(rows["m"].unique()))
+        axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_xlabel("m (micro-batches per mini-batch)")
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_title(f"{dataset} / {model}")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure

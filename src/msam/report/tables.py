@@ -1,0 +1,126 @@
+"""The paper's tables and figures computed from run directories.
+
+Each builder returns a Report: numbers (one row per configuration, numeric columns, written
+as CSV), a display table (formatted strings, written as markdown/LaTeX and to the terminal),
+notes (missing and skipped runs) and optionally a figure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from msam.report.collect import GROUP_KEYS, mean_std
+from msam.report.figures import accuracy_vs_m_figure
+from msam.report.paper import load_paper, missing_rows, with_paper
+
+METHOD_ORDER = {"vanilla": 0, "sam": 1, "msam": 2}
+
+
+@dataclass
+class Report:
+    name: str
+    title: str
+    numbers: pd.DataFrame
+    display: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    figure: object | None = None  # a matplotlib Figure
+
+
+def fmt(mean, std=None, digits=2) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    order = frame["method"].map(lambda m: METHOD_ORDER.get(m, 9))
+    return frame.assign(_order=order).sort_values(["dataset", "model", "_order", "m", "rho"]).drop(columns="_order")
+
+
+def setting_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    columns = frame[["dataset", "model", "method", "m", "rho", "epochs"]].astype({"m": int, "epochs": int})
+    return columns.assign(rho=[f"{rho:g}" for rho in columns["rho"]])
+
+
+def accuracy_table(runs: pd.DataFrame) -> Report:
+    """Table 2: test accuracy, mean ± std over seeds, with the paper's number and the difference."""
+    paper = load_paper("tab2_accuracy.csv")
+    numbers = ordered(with_paper(mean_std(runs, "test_acc"), paper))
+    display = setting_columns(numbers).assign(**{
+        "test acc (%)": [fmt(r.mean, r.std) for r in numbers.itertuples()],
+        "n": numbers["n"].astype(int),
+        "paper": [fmt(r.paper_mean, r.paper_std) for r in numbers.itertuples()],
+        "ours − paper": [fmt(d) if not math.isnan(d) else "—" for d in numbers["difference"]],
+    })
+    return Report("tab2", "Table 2: test accuracy (%), mean ± std over seeds", numbers, display,
+                  missing_rows(numbers, paper))
+
+
+def sharpness_table(runs: pd.DataFrame) -> Report:
+    """Table 4: lambda_max (and the Hessian trace) at the final weights, mean ± std over seeds."""
+    lam = mean_std(runs, "lambda_max")
+    trace = mean_std(runs, "trace").rename(columns={"mean": "trace_mean", "std": "trace_std", "n": "trace_n"})
+    numbers = ordered(lam.merge(trace, on=GROUP_KEYS, how="left"))
+    display = setting_columns(numbers).assign(**{
+        "λ_max": [fmt(r.mean, r.std, 3) for r in numbers.itertuples()],
+        "trace": [fmt(r.trace_mean, r.trace_std, 2) for r in numbers.itertuples()],
+        "n": numbers["n"].astype(int),
+    })
+    unmeasured = runs[runs["lambda_max"].isna()]
+    notes = [f"no sharpness.json: {d} (run: msam-sharpness run={d})" for d in unmeasured["run_dir"]]
+    notes.append("paper: Table 4's values are not in our copy of the paper (see results/paper/README.md)")
+    return Report("tab4", "Table 4: λ_max of the training-loss Hessian, mean ± std over seeds", numbers,
+                  display, notes)
+
+
+def ratio_to(frame: pd.DataFrame, column: str, method: str) -> list[float]:
+    """Each row's column divided by that of `method` on the same dataset and model (NaN if none)."""
+    base = frame[frame["method"] == method].groupby(["dataset", "model"])[column].mean()
+    return [row[column] / base.get((row["dataset"], row["model"]), math.nan) for _, row in frame.iterrows()]
+
+
+def runtime_table(runs: pd.DataFrame) -> Report:
+    """Tables 5 / B.1 / B.2: training time, and its ratio to vanilla and SAM on the same setting."""
+    paper = load_paper("tab5_runtime.csv")
+    per_epoch = mean_std(runs, "seconds_per_epoch")
+    total = mean_std(runs, "train_seconds").rename(columns={"mean": "total", "std": "total_std", "n": "total_n"})
+    numbers = per_epoch.merge(total, on=GROUP_KEYS)
+    numbers["x_vanilla"] = ratio_to(numbers, "mean", "vanilla")
+    numbers["x_sam"] = ratio_to(numbers, "mean", "sam")
+    numbers = ordered(with_paper(numbers, paper))
+    paper_sam = paper[paper["method"] == "sam"].set_index(["dataset", "model"])["paper_mean"]
+    numbers["paper_x_sam"] = [r.paper_mean / paper_sam.get((r.dataset, r.model), math.nan)
+                              for r in numbers.itertuples()]
+    display = setting_columns(numbers).assign(**{
+        "s / epoch": [fmt(r.mean, r.std, 2) for r in numbers.itertuples()],
+        "total (s)": [fmt(r.total, None, 0) for r in numbers.itertuples()],
+        "× vanilla": [fmt(x) for x in numbers["x_vanilla"]],
+        "× SAM": [fmt(x) for x in numbers["x_sam"]],
+        "paper total (s)": [fmt(r.paper_mean, r.paper_std, 0) for r in numbers.itertuples()],
+        "paper × SAM": [fmt(x) for x in numbers["paper_x_sam"]],
+    })
+    notes = ["times depend on the hardware: compare the ratios, not the seconds (paper: V100s, see notes in "
+             "results/paper/tab5_runtime.csv)"]
+    return Report("tab5", "Tables 5 / B.1 / B.2: training time and its ratio to vanilla and SAM", numbers,
+                  display, notes + missing_rows(numbers, paper))
+
+
+def accuracy_vs_m(runs: pd.DataFrame) -> Report:
+    """Figure 1: mSAM's test accuracy against m (SAM plotted as m = 1), mean ± std over seeds."""
+    subset = runs[runs["method"].isin(["sam", "msam"])]
+    numbers = mean_std(subset, "test_acc").sort_values(["dataset", "model", "m"])
+    display = setting_columns(numbers).assign(**{
+        "test acc (%)": [fmt(r.mean, r.std) for r in numbers.itertuples()],
+        "n": numbers["n"].astype(int),
+    })
+    notes = ["paper: Figure 1's points are not in our copy of the paper; the figure shows your runs"]
+    return Report("fig1", "Figure 1: test accuracy against m (m = 1 is SAM)", numbers, display, notes,
+                  accuracy_vs_m_figure(numbers) if len(numbers) else None)
+
+
+REPORTS = {"tab2": accuracy_table, "tab4": sharpness_table, "tab5": runtime_table, "fig1": accuracy_vs_m}
