@@ -15,7 +15,8 @@ BAD_INPUTS = {
     "unknown method in a sweep": (["-m", "method=sam,adam"], "unknown method 'adam'"),
     "missing data": (["dataset=cifar10", "model=resnet18"], "cifar10 not found: looked for"),
     "epochs below one": (["epochs=0"], "epochs must be an integer >= 1"),
-    "sam with m": (["method=sam", "method.m=4"], "use method=msam"),
+    "sam with m": (["method=sam", "method.m=4"], "use msam for m=4"),
+    "bad switch fraction": (["switch=to_vanilla", "switch.fraction=1.5"], "switch.fraction must be in (0, 1)"),
 }
 
 

@@ -111,3 +111,21 @@ def test_report_reads_real_runs(make_cfg, tmp_path):
     report = accuracy_table(collect_runs(tmp_path / "runs")[0])
     assert report.numbers.iloc[0]["n"] == 2
     assert report.numbers.iloc[0]["mean"] == pytest.approx(sum(accuracies) / 2)
+
+
+def test_switching_figure_groups_hybrid_runs_by_order_and_percent(fixture_runs, tmp_path):
+    from msam.report.tables import switching
+
+    for seed, acc in ((0, 82.0), (1, 82.4)):
+        run_dir = fixture_run(fixture_runs, f"hybrid_{seed}", method="msam", m=32, seed=seed, acc=acc, seconds=20.0)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary.update(switch_to="vanilla", switch_fraction=0.2, seed_group="hybrid")
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    runs = collect_runs(fixture_runs)[0]
+    report = switching(runs)
+    row = report.numbers.iloc[0]
+    assert (row["order"], row["switch_percent"], row["n"]) == ("msam → vanilla", 20.0, 2)
+    assert row["mean"] == pytest.approx(82.2) and report.figure is not None
+    assert any("reference: msam (m=32) throughout: 83.25" in note for note in report.notes)
+    # and the hybrid runs stay out of Table 2
+    assert accuracy_table(runs).numbers["n"].sum() == 4

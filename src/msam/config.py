@@ -32,18 +32,26 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_method(cfg: DictConfig) -> None:
-    method = cfg.method
-    require(method.name in METHOD_NAMES, f"unknown method '{method.name}'; valid: {', '.join(METHOD_NAMES)}")
-    require(is_int(method.m) and method.m >= 1, f"method.m must be an integer >= 1, got {method.m!r}")
-    require(is_number(method.rho) and method.rho >= 0, f"method.rho must be a number >= 0, got {method.rho!r}")
-    require(cfg.batch_size % method.m == 0,
-            f"method.m={method.m} does not divide batch_size={cfg.batch_size} into equal micro-batches")
+def check_method(method: DictConfig, batch_size: int, key: str = "method") -> None:
+    require(method.name in METHOD_NAMES, f"unknown {key} '{method.name}'; valid: {', '.join(METHOD_NAMES)}")
+    require(is_int(method.m) and method.m >= 1, f"{key}.m must be an integer >= 1, got {method.m!r}")
+    require(is_number(method.rho) and method.rho >= 0, f"{key}.rho must be a number >= 0, got {method.rho!r}")
+    require(batch_size % method.m == 0,
+            f"{key}.m={method.m} does not divide batch_size={batch_size} into equal micro-batches")
     if method.name in ("vanilla", "sam"):
-        require(method.m == 1, f"method={method.name} uses one batch (m=1); use method=msam for m={method.m}")
+        require(method.m == 1, f"{key}={method.name} uses one batch (m=1); use msam for m={method.m}")
     if method.name == "msam":
         require(method.impl in MSAM_IMPLEMENTATIONS,
-                f"unknown method.impl '{method.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
+                f"unknown {key}.impl '{method.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
+
+
+def check_switch(cfg: DictConfig) -> None:
+    """Hybrid training: the second method and the fraction of epochs run by the first."""
+    if cfg.switch.then is None:
+        return
+    fraction = cfg.switch.fraction
+    require(is_number(fraction) and 0 < fraction < 1, f"switch.fraction must be in (0, 1), got {fraction!r}")
+    check_method(cfg.switch.then, cfg.batch_size, key="switch.then")
 
 
 def check_training(cfg: DictConfig) -> None:
@@ -78,7 +86,8 @@ def check_optimisation(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Everything that can be checked without touching data or building anything heavy."""
     check_training(cfg)
-    check_method(cfg)
+    check_method(cfg.method, cfg.batch_size)
+    check_switch(cfg)
     check_optimisation(cfg)
     check_model(cfg.model)
     check_data(cfg.dataset)
@@ -89,9 +98,14 @@ def derived_values(cfg: DictConfig, train_size: int, steps_per_epoch: int) -> di
     require(steps_per_epoch >= 1,
             f"batch_size={cfg.batch_size} is larger than the training set ({train_size} samples)")
     total_steps = cfg.epochs * steps_per_epoch
-    return {
+    derived = {
         "micro_batch_size": cfg.batch_size // cfg.method.m,
         "steps_per_epoch": steps_per_epoch,
         "samples_dropped_per_epoch": train_size - steps_per_epoch * cfg.batch_size,
         **schedule_steps(cfg.schedule, total_steps),
     }
+    if cfg.switch.then is not None:
+        # The switch happens at an epoch boundary: "the first 20% of epochs" (paper, Appendix B).
+        derived["switch_epoch"] = round(cfg.switch.fraction * cfg.epochs)
+        derived["switch_step"] = derived["switch_epoch"] * steps_per_epoch
+    return derived

@@ -73,6 +73,22 @@ class Progress:
                  f"lr {lr:.4g} eta {eta}")
 
 
+class MethodSchedule:
+    """The method of each epoch: cfg.method, or with a switch, cfg.switch.then from switch_epoch on."""
+
+    def __init__(self, cfg: DictConfig, derived: dict) -> None:
+        self.first = build_method(cfg.method)
+        self.then = build_method(cfg.switch.then) if cfg.switch.then is not None else None
+        self.switch_epoch = derived.get("switch_epoch")
+
+    def for_epoch(self, epoch: int, step: int):
+        if self.then is None or epoch < self.switch_epoch:
+            return self.first
+        if epoch == self.switch_epoch:
+            log.info(f"switching from {self.first.name} to {self.then.name} at epoch {epoch} (step {step})")
+        return self.then
+
+
 def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader, device, progress, step):
     model.train()
     params = trainable_parameters(model)
@@ -123,6 +139,8 @@ def summarise(cfg, status, rows, derived, provenance, run_dir) -> dict:
     return {
         "status": status, "run_dir": str(run_dir), "dataset": cfg.dataset.name, "model": cfg.model.name,
         "method": cfg.method.name, "m": cfg.method.m, "rho": cfg.method.rho, "seed": cfg.seed,
+        "switch_to": cfg.switch.then.name if cfg.switch.then is not None else None,
+        "switch_fraction": cfg.switch.fraction,
         "epochs": cfg.epochs, "epochs_completed": len(rows), "seed_group": runs.seed_group(cfg),
         "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
         "train_acc": last.get("train_acc"), "train_loss": last.get("train_loss"),
@@ -147,7 +165,7 @@ def train(cfg: DictConfig) -> dict:
     data = build_data(cfg.dataset, cfg.batch_size, cfg.eval_batch_size, cfg.seed, device)
     derived = derived_values(cfg, data.train_size, len(data.train))
     model = build_model(cfg.model, data.num_classes, data.input_shape).to(device)
-    method = build_method(cfg.method)
+    methods = MethodSchedule(cfg, derived)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_schedule(cfg.schedule, optimizer, derived["total_steps"])
     loss_fn = per_sample_cross_entropy(cfg.label_smoothing)
@@ -170,10 +188,11 @@ def train(cfg: DictConfig) -> dict:
 
     progress = Progress(cfg, derived["steps_per_epoch"], step)
     while epoch < cfg.epochs:
+        method = methods.for_epoch(epoch, step)
         train_stats, step = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
                                         data.train, device, progress, step)
         epoch += 1
-        row = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], **train_stats,
+        row = {"epoch": epoch, "step": step, "method": method.name, "lr": scheduler.get_last_lr()[0], **train_stats,
                **evaluate(model, data.test, device, cfg.precision)}
         rows.append(row)
         # Metrics first: a kill between the two leaves a row past the checkpoint, which the

@@ -56,8 +56,11 @@ def format_number(value) -> str:
 def run_name(cfg: DictConfig) -> str:
     """Readable prefix (what a person looks for) plus a hash of everything that matters."""
     method = cfg.method
+    switch = ""
+    if cfg.switch.then is not None:
+        switch = f"_to_{cfg.switch.then.name}_at{format_number(cfg.switch.fraction)}"
     return (f"{cfg.dataset.name}_{cfg.model.name}_{method.name}_m{method.m}_rho{format_number(method.rho)}"
-            f"_s{cfg.seed}_{config_hash(cfg)}")
+            f"{switch}_s{cfg.seed}_{config_hash(cfg)}")
 
 
 def run_dir_for(cfg: DictConfig) -> Path:

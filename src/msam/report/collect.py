@@ -13,7 +13,7 @@ import pandas as pd
 
 COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "epochs", "epochs_completed", "test_acc",
            "best_test_acc", "seconds_per_epoch", "train_seconds", "seed_group", "lambda_max", "trace",
-           "run_dir"]
+           "switch_to", "switch_fraction", "run_dir"]
 
 
 def read_json(path: Path) -> dict:
@@ -50,13 +50,18 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=COLUMNS), skipped
 
 
-GROUP_KEYS = ["dataset", "model", "method", "m", "rho", "epochs", "seed_group"]
+def single_method(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that used one method throughout (no hybrid switch): the rows of Tables 2, 4, 5."""
+    return runs[runs["switch_to"].isna()]
+
+
+GROUP_KEYS = ["dataset", "model", "method", "m", "rho", "epochs", "switch_to", "switch_fraction", "seed_group"]
 
 
 def mean_std(runs: pd.DataFrame, value: str) -> pd.DataFrame:
     """One row per configuration up to the seed: mean, sample std (n-1, 0 for n=1) and n."""
     present = runs.dropna(subset=[value])
-    table = (present.groupby(GROUP_KEYS, sort=False)[value]
+    table = (present.groupby(GROUP_KEYS, sort=False, dropna=False)[value]
              .agg(mean="mean", std="std", n="size").reset_index())
     table["std"] = table["std"].fillna(0.0)
     return table

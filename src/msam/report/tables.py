@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from msam.report.collect import GROUP_KEYS, mean_std
-from msam.report.figures import accuracy_vs_m_figure
+from msam.report.collect import GROUP_KEYS, mean_std, single_method
+from msam.report.figures import accuracy_vs_m_figure, switching_figure
 from msam.report.paper import load_paper, missing_rows, with_paper
 
 METHOD_ORDER = {"vanilla": 0, "sam": 1, "msam": 2}
@@ -50,7 +50,7 @@ def setting_columns(frame: pd.DataFrame) -> pd.DataFrame:
 def accuracy_table(runs: pd.DataFrame) -> Report:
     """Table 2: test accuracy, mean ± std over seeds, with the paper's number and the difference."""
     paper = load_paper("tab2_accuracy.csv")
-    numbers = ordered(with_paper(mean_std(runs, "test_acc"), paper))
+    numbers = ordered(with_paper(mean_std(single_method(runs), "test_acc"), paper))
     display = setting_columns(numbers).assign(**{
         "test acc (%)": [fmt(r.mean, r.std) for r in numbers.itertuples()],
         "n": numbers["n"].astype(int),
@@ -63,6 +63,7 @@ def accuracy_table(runs: pd.DataFrame) -> Report:
 
 def sharpness_table(runs: pd.DataFrame) -> Report:
     """Table 4: lambda_max (and the Hessian trace) at the final weights, mean ± std over seeds."""
+    runs = single_method(runs)
     lam = mean_std(runs, "lambda_max")
     trace = mean_std(runs, "trace").rename(columns={"mean": "trace_mean", "std": "trace_std", "n": "trace_n"})
     numbers = ordered(lam.merge(trace, on=GROUP_KEYS, how="left"))
@@ -87,6 +88,7 @@ def ratio_to(frame: pd.DataFrame, column: str, method: str) -> list[float]:
 def runtime_table(runs: pd.DataFrame) -> Report:
     """Tables 5 / B.1 / B.2: training time, and its ratio to vanilla and SAM on the same setting."""
     paper = load_paper("tab5_runtime.csv")
+    runs = single_method(runs)
     per_epoch = mean_std(runs, "seconds_per_epoch")
     total = mean_std(runs, "train_seconds").rename(columns={"mean": "total", "std": "total_std", "n": "total_n"})
     numbers = per_epoch.merge(total, on=GROUP_KEYS)
@@ -112,7 +114,7 @@ def runtime_table(runs: pd.DataFrame) -> Report:
 
 def accuracy_vs_m(runs: pd.DataFrame) -> Report:
     """Figure 1: mSAM's test accuracy against m (SAM plotted as m = 1), mean ± std over seeds."""
-    subset = runs[runs["method"].isin(["sam", "msam"])]
+    subset = single_method(runs)[lambda r: r["method"].isin(["sam", "msam"])]
     numbers = mean_std(subset, "test_acc").sort_values(["dataset", "model", "m"])
     display = setting_columns(numbers).assign(**{
         "test acc (%)": [fmt(r.mean, r.std) for r in numbers.itertuples()],
@@ -123,4 +125,27 @@ def accuracy_vs_m(runs: pd.DataFrame) -> Report:
                   accuracy_vs_m_figure(numbers) if len(numbers) else None)
 
 
-REPORTS = {"tab2": accuracy_table, "tab4": sharpness_table, "tab5": runtime_table, "fig1": accuracy_vs_m}
+def switching(runs: pd.DataFrame) -> Report:
+    """Figure B.1: accuracy of hybrid runs against the switch percent, both directions, with the
+    single-method runs of the same data set and model as reference lines."""
+    hybrid = mean_std(runs[runs["switch_to"].notna()], "test_acc")
+    hybrid = hybrid.assign(order=hybrid["method"] + " → " + hybrid["switch_to"],
+                           switch_percent=100 * hybrid["switch_fraction"])
+    hybrid = hybrid.sort_values(["dataset", "model", "order", "switch_percent"])
+    ran = set(zip(hybrid["dataset"], hybrid["model"]))
+    single = ordered(mean_std(single_method(runs), "test_acc"))
+    reference = single[[pair in ran for pair in zip(single["dataset"], single["model"])]]
+    display = hybrid[["dataset", "model", "order"]].assign(**{
+        "switch %": [f"{p:g}" for p in hybrid["switch_percent"]],
+        "test acc (%)": [fmt(r.mean, r.std) for r in hybrid.itertuples()],
+        "n": hybrid["n"].astype(int),
+    })
+    notes = [f"reference: {r.method} (m={r.m}) throughout: {fmt(r.mean, r.std)} (n={r.n})"
+             for r in reference.itertuples()]
+    notes.append("paper: Figure B.1's points are not in our copy of the paper; the figure shows your runs")
+    figure = switching_figure(hybrid, reference) if len(hybrid) else None
+    return Report("figB1", "Figure B.1: switching between mSAM and vanilla", hybrid, display, notes, figure)
+
+
+REPORTS = {"tab2": accuracy_table, "tab4": sharpness_table, "tab5": runtime_table, "fig1": accuracy_vs_m,
+           "figB1": switching}
