@@ -90,7 +90,7 @@ def check_config(cfg: DictConfig) -> None:
     check_switch(cfg)
     check_optimisation(cfg)
     check_model(cfg.model)
-    check_data(cfg.dataset)
+    check_data(cfg.dataset, cfg.get("smoke"))
 
 
 def derived_values(cfg: DictConfig, train_size: int, steps_per_epoch: int) -> dict:

@@ -162,7 +162,7 @@ def train(cfg: DictConfig) -> dict:
 
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg.dataset, cfg.batch_size, cfg.eval_batch_size, cfg.seed, device)
+    data = build_data(cfg.dataset, cfg.batch_size, cfg.eval_batch_size, cfg.seed, device, cfg.get("smoke"))
     derived = derived_values(cfg, data.train_size, len(data.train))
     model = build_model(cfg.model, data.num_classes, data.input_shape).to(device)
     methods = MethodSchedule(cfg, derived)

@@ -6,7 +6,7 @@ from msam.data.bundle import DataBundle
 from msam.data.cifar import build_cifar, check_cifar
 from msam.data.digits import build_digits
 from msam.data.imagenet import build_imagenet, check_imagenet
-from msam.data.synthetic import build_synthetic
+from msam.data.synthetic import build_smoke, build_synthetic
 from msam.errors import ConfigError
 
 BUILDERS = {
@@ -19,14 +19,17 @@ BUILDERS = {
 CHECKERS = {"cifar10": check_cifar, "cifar100": check_cifar, "imagenet": check_imagenet}
 
 
-def check_data(cfg) -> None:
+def check_data(cfg, smoke=None) -> None:
     """Fail with one line, before any compute, if the data set is unknown or missing."""
     if cfg.name not in BUILDERS:
         raise ConfigError(f"unknown dataset '{cfg.name}'; valid: {', '.join(sorted(BUILDERS))}")
-    if cfg.name in CHECKERS:
+    if cfg.name in CHECKERS and smoke is None:
         CHECKERS[cfg.name](cfg)
 
 
-def build_data(cfg, batch_size: int, eval_batch_size: int, seed: int, device) -> DataBundle:
-    check_data(cfg)
+def build_data(cfg, batch_size: int, eval_batch_size: int, seed: int, device, smoke=None) -> DataBundle:
+    """The data set named by cfg, or with smoke (the smoke overlay) synthetic data of its shape."""
+    check_data(cfg, smoke)
+    if smoke is not None:
+        return build_smoke(cfg, smoke, batch_size, eval_batch_size, seed, device)
     return BUILDERS[cfg.name](cfg, batch_size, eval_batch_size, seed, device)

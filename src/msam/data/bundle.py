@@ -31,8 +31,10 @@ def tensor_bundle(cfg, train_x, train_y, test_x, test_y, batch_size, eval_batch_
     """Normalise, move to the device and wrap tensors (N, C, H, W) in [0, 1] as a DataBundle."""
     train_x = normalise(train_x, cfg.mean, cfg.std).to(device)
     test_x = normalise(test_x, cfg.mean, cfg.std).to(device)
-    augment = random_crop_flip(cfg.crop_padding, cfg.flip) if cfg.augment else None
+    augment = random_crop_flip(cfg.crop_padding, cfg.flip) if cfg.get("augment") else None
+    resize = cfg.get("resize")
     train = TensorLoader(train_x, train_y.to(device), batch_size, shuffle=True, drop_last=True,
-                         seed=seed, augment=augment)
-    test = TensorLoader(test_x, test_y.to(device), eval_batch_size, shuffle=False, drop_last=False)
-    return DataBundle(train, test, cfg.num_classes, tuple(train_x.shape[1:]), len(train_y), len(test_y))
+                         seed=seed, augment=augment, resize=resize)
+    test = TensorLoader(test_x, test_y.to(device), eval_batch_size, shuffle=False, drop_last=False, resize=resize)
+    shape = tuple(train_x.shape[1:]) if resize is None else (train_x.shape[1], resize, resize)
+    return DataBundle(train, test, cfg.num_classes, shape, len(train_y), len(test_y))

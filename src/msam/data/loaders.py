@@ -29,10 +29,11 @@ class TensorLoader:
         drop_last: bool,
         seed: int = 0,
         augment: Augment | None = None,
+        resize: int | None = None,
     ) -> None:
         self.inputs, self.targets = inputs, targets
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.augment = seed, augment
+        self.seed, self.augment, self.resize = seed, augment, resize
 
     def __len__(self) -> int:
         n = self.targets.shape[0]
@@ -48,6 +49,9 @@ class TensorLoader:
             inputs = self.inputs[index]
             if self.augment is not None:
                 inputs = self.augment(inputs, gen)
+            if self.resize is not None:
+                inputs = torch.nn.functional.interpolate(inputs, size=(self.resize, self.resize),
+                                                         mode="bilinear", align_corners=False)
             yield inputs, self.targets[index]
 
 

@@ -17,6 +17,9 @@ def check_model(cfg) -> None:
     if cfg.arch not in ARCHITECTURES:
         raise ConfigError(f"unknown model.arch '{cfg.arch}'; valid: {', '.join(ARCHITECTURES)}")
     check_checkpoint(cfg.get("checkpoint"))
+    if cfg.get("pretrained_required") and cfg.get("checkpoint") is None:
+        raise ConfigError(f"model {cfg.name} is fine-tuned from pretrained weights here: give "
+                          f"model.checkpoint=PATH (README, 'Models', says how to get them)")
 
 
 def build_model(cfg, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:

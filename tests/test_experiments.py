@@ -1,0 +1,123 @@
+"""Every experiment and table config composes and smoke-runs; a sample matches the paper's appendix."""
+
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from msam import engine, runs
+from msam.config import check_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+TABLES = sorted(p.stem for p in (CONF / "table").glob("*.yaml"))
+
+
+def compose_cfg(*overrides, hydra_config=False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def smoke_run(tmp_path, *overrides):
+    cfg = compose_cfg(*overrides, "smoke=on")
+    with open_dict(cfg):
+        cfg.paths.runs = str(tmp_path / "runs")
+    summary = engine.train(cfg)
+    assert summary["status"] == "finished" and summary["derived"]["steps_per_epoch"] == 2
+    return cfg, summary
+
+
+def test_there_is_one_experiment_per_table_2_row():
+    assert len(EXPERIMENTS) == 27
+    for data in ("c10", "c100"):
+        for model in ("resnet50", "wrn28_10", "vit_b16"):
+            for method in ("vanilla", "sam", "msam"):
+                assert f"tab2_{data}_{model}_{method}" in EXPERIMENTS
+    for model in ("resnet50", "wrn50_2", "vit_s32"):
+        for method in ("vanilla", "sam", "msam"):
+            assert f"tab2_in1k_{model}_{method}" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_smoke_runs(name, tmp_path):
+    cfg, summary = smoke_run(tmp_path, f"experiment={name}")
+    real = compose_cfg(f"experiment={name}")
+    assert (cfg.dataset.name, cfg.model.name, cfg.method.name) == (real.dataset.name, real.model.name, real.method.name)
+    assert tuple(cfg.dataset.image_shape) == tuple(real.dataset.image_shape)  # same shape as the real data
+
+
+# (experiment, dataset, model, optimizer, lr, batch, epochs, momentum, weight decay, label smoothing,
+#  warm-up, clip, rho, m): typed from the paper's Tables C.1 and C.2, independently of conf/.
+APPENDIX = [
+    ("tab2_c10_resnet50_msam", "cifar10", "resnet50", "sgd", 0.5, 512, 200, 0.9, 5e-4, 0.1, 0.05, None, 0.2, 32),
+    ("tab2_c100_resnet50_sam", "cifar100", "resnet50", "sgd", 0.5, 512, 200, 0.9, 5e-4, 0.1, 0.05, None, 0.2, 1),
+    ("tab2_c100_wrn28_10_msam", "cifar100", "wrn28_10", "sgd", 0.75, 512, 200, 0.9, 5e-4, 0.1, 0.05, None, 0.2, 32),
+    ("tab2_c10_vit_b16_msam", "cifar10", "vit_b16", "adamw", 1e-3, 512, 20, None, 0.3, 0.0, 0.05, 1.0, 0.3, 32),
+    ("tab2_in1k_resnet50_msam", "imagenet", "imagenet_resnet50", "sgd", 0.8, 2048, 90, 0.9, 1e-4, 0.1, 0.177, None,
+     0.05, 4),
+    ("tab2_in1k_wrn50_2_msam", "imagenet", "imagenet_wrn50_2", "sgd", 0.5, 2048, 100, 0.9, 1e-4, 0.1, 0.01, None,
+     0.05, 8),
+    ("tab2_in1k_vit_s32_sam", "imagenet", "vit_s32", "adamw", 3e-3, 4096, 300, None, 0.3, 0.0, 0.10, 1.0, 0.05, 1),
+    ("tab2_in1k_vit_s32_vanilla", "imagenet", "vit_s32", "adamw", 3e-3, 4096, 300, None, 0.3, 0.0, 0.10, 1.0, 0.0, 1),
+]
+
+
+@pytest.mark.parametrize("row", APPENDIX, ids=[r[0] for r in APPENDIX])
+def test_experiment_matches_the_papers_appendix(row):
+    name, dataset, model, optimizer, lr, batch, epochs, momentum, wd, smoothing, warmup, clip, rho, m = row
+    cfg = compose_cfg(f"experiment={name}")
+    assert (cfg.dataset.name, cfg.model.name, cfg.optim.name) == (dataset, model, optimizer)
+    assert (cfg.optim.lr, cfg.batch_size, cfg.epochs) == (lr, batch, epochs)
+    assert cfg.optim.get("momentum") == momentum and cfg.optim.weight_decay == wd
+    assert cfg.label_smoothing == smoothing and cfg.grad_clip_norm == clip
+    assert cfg.schedule.name == "onecycle" and cfg.schedule.warmup_fraction == warmup
+    assert (cfg.method.rho, cfg.method.m) == (rho, m)
+
+
+def test_vit_b16_rows_refuse_to_start_without_pretrained_weights(tmp_path):
+    from msam.errors import ConfigError
+
+    cfg = compose_cfg("experiment=tab2_c100_vit_b16_msam")
+    with pytest.raises(ConfigError, match="model.checkpoint=PATH"):
+        check_config(cfg)
+
+
+def sweep_jobs(table):
+    """The jobs of a table's sweep: the cartesian product of hydra.sweeper.params."""
+    params = compose_cfg(f"table={table}", hydra_config=True).hydra.sweeper.params
+    choices = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+    return list(itertools.product(*choices))
+
+
+EXPECTED_JOBS = {"tab2_c10": 45, "tab2_c100": 45, "tab2_in1k": 45, "tab4": 30, "fig1": 30, "figB1_msam_first": 24,
+                 "figB1_vanilla_first": 24, "tabB1_c100": 27, "tab5_in1k": 27}
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_table_sweep_composes_every_job_and_smoke_runs_one(table, tmp_path):
+    cfg = compose_cfg(f"table={table}", hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    jobs = sweep_jobs(table)
+    assert len(jobs) == EXPECTED_JOBS[table]
+    for job in jobs:  # every job composes and passes the input checks (smoke: no data needed)
+        check_config(compose_cfg(f"table={table}", *job, *smoke_extra(job), "smoke=on"))
+    smoke_run(tmp_path, f"table={table}", *jobs[0], *smoke_extra(jobs[0]))  # one job through the engine
+
+
+def smoke_extra(job):
+    """The smoke overlay shrinks `method.m`; a swept switch.then.m must shrink with it."""
+    return ("switch.then.m=2", "batch_size=2") if any(o.startswith("switch.then.m=") for o in job) else ()
+
+
+def test_a_table_launches_its_sweep_from_the_command_line(tmp_path):
+    command = [sys.executable, "-m", "msam.train", "table=tab4", "smoke=on", f"paths.runs={tmp_path}/runs",
+               "hydra.sweeper.params.experiment='tab2_c100_resnet50_vanilla,tab2_c100_resnet50_sam'",
+               "hydra.sweeper.params.seed=0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = sorted(p.parent.name for p in (tmp_path / "runs").glob("*/summary.json"))
+    assert len(names) == 2 and names[0].startswith("cifar100_resnet50_")
