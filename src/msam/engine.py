@@ -10,12 +10,12 @@ import time
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from msam import runs
+from msam import dist, runs
 from msam.config import check_config, derived_values
 from msam.data import build_data
 from msam.methods import build_method
 from msam.methods.params import trainable_parameters
-from msam.mirror import build_mirror
+from msam.mirror import NoMirror, build_mirror
 from msam.models import build_model
 from msam.optim import build_optimizer
 from msam.schedule import build_schedule
@@ -39,20 +39,21 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, precision) -> dict:
-    """Test loss (plain cross-entropy, no label smoothing) and accuracy, in eval mode."""
+def evaluate(model, loader, device, precision, ctx: dist.DistContext) -> dict:
+    """Test loss (plain cross-entropy, no label smoothing) and accuracy, in eval mode, summed
+    over the processes' shares of the test set."""
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
     for inputs, targets in loader.epoch(0):
         with autocast(device, precision):
             logits = model(inputs)
-        loss_sum += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-        correct += (logits.argmax(1) == targets).sum()
-        count += targets.shape[0]
+        totals[0] += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+        totals[1] += (logits.argmax(1) == targets).sum()
+        totals[2] += targets.shape[0]
     model.train()
-    return {"test_loss": loss_sum.item() / count, "test_acc": 100.0 * correct.item() / count}
+    dist.all_reduce_sum([totals], ctx)
+    loss_sum, correct, count = totals.tolist()
+    return {"test_loss": loss_sum / count, "test_acc": 100.0 * correct / count}
 
 
 class Progress:
@@ -76,9 +77,9 @@ class Progress:
 class MethodSchedule:
     """The method of each epoch: cfg.method, or with a switch, cfg.switch.then from switch_epoch on."""
 
-    def __init__(self, cfg: DictConfig, derived: dict) -> None:
-        self.first = build_method(cfg.method)
-        self.then = build_method(cfg.switch.then) if cfg.switch.then is not None else None
+    def __init__(self, cfg: DictConfig, derived: dict, processes: int) -> None:
+        self.first = build_method(cfg.method, processes)
+        self.then = build_method(cfg.switch.then, processes) if cfg.switch.then is not None else None
         self.switch_epoch = derived.get("switch_epoch")
 
     def for_epoch(self, epoch: int, step: int):
@@ -89,7 +90,7 @@ class MethodSchedule:
         return self.then
 
 
-def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader, device, progress, step):
+def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader, device, progress, step, ctx):
     model.train()
     params = trainable_parameters(model)
     loss_sum = torch.zeros((), device=device)
@@ -99,6 +100,7 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
     for step_in_epoch, (inputs, targets) in enumerate(loader.epoch(epoch), start=1):
         with autocast(device, cfg.precision):
             loss, logits = method(model, loss_fn, (inputs, targets))
+        dist.average_batchnorm(model, ctx)
         if cfg.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm, foreach=True)
         optimizer.step()
@@ -109,7 +111,10 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
         correct += (logits.argmax(1) == targets).sum()
         seen += targets.shape[0]
         progress.maybe_log(epoch, step_in_epoch, step, loss_sum, correct, seen, scheduler.get_last_lr()[0])
-    stats = {"train_loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
+    totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device).double()])
+    dist.all_reduce_sum([totals], ctx)
+    loss_total, correct_total, seen_total = totals.tolist()
+    stats = {"train_loss": loss_total / seen_total, "train_acc": 100.0 * correct_total / seen_total,
              "seconds": time.perf_counter() - start}
     return stats, step
 
@@ -118,14 +123,14 @@ def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int) ->
     return {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "epoch": epoch, "step": step,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def restore_state(state: dict, model, optimizer, scheduler) -> tuple[int, int]:
-    model.load_state_dict(state["model"])
+    dist.unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
@@ -151,21 +156,37 @@ def summarise(cfg, status, rows, derived, provenance, run_dir) -> dict:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train one run to completion (or continue it) and return its summary."""
+    """Train one run to completion (or continue it) and return its summary. Under torchrun every
+    process calls this; only the first writes the run directory and logs."""
     check_config(cfg)
+    device = pick_device(cfg.device)
+    ctx = dist.init_distributed(device)
+    try:
+        return train_process(cfg, dist.process_device(device, ctx), ctx)
+    finally:
+        dist.shutdown(ctx)
+
+
+def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) -> dict:
+    parallel = dist.per_process(cfg, ctx)
+    if not ctx.is_main:
+        log.setLevel(logging.WARNING)
     run_dir = runs.run_dir_for(cfg)
     previous = runs.read_json(run_dir / "summary.json")
     if cfg.resume == "auto" and previous and previous["status"] == "finished":
         log.info(f"already finished: {run_dir} (test acc {previous['test_acc']:.2f}%)")
         return previous
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
-    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.dataset, cfg.batch_size, cfg.eval_batch_size, cfg.seed, device, cfg.get("smoke"))
+    data.shard(ctx.rank, ctx.world_size)
     derived = derived_values(cfg, data.train_size, len(data.train))
+    if ctx.enabled:
+        derived.update(parallel)
     model = build_model(cfg.model, data.num_classes, data.input_shape).to(device)
-    methods = MethodSchedule(cfg, derived)
+    methods = MethodSchedule(cfg, derived, ctx.world_size)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_schedule(cfg.schedule, optimizer, derived["total_steps"])
     loss_fn = per_sample_cross_entropy(cfg.label_smoothing)
@@ -175,35 +196,39 @@ def train(cfg: DictConfig) -> dict:
     if state is not None:
         epoch, step = restore_state(state, model, optimizer, scheduler)
         log.info(f"resuming {run_dir} after epoch {epoch} (step {step})")
+    model = dist.wrap(model, ctx, device)
     rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
-    runs.rewrite_metrics(run_dir / "metrics.jsonl", rows)
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     provenance = runs.provenance(device)
-    runs.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    runs.write_json(run_dir / "provenance.json", provenance)
+    mirror = NoMirror()
+    if ctx.is_main:
+        runs.rewrite_metrics(run_dir / "metrics.jsonl", rows)
+        runs.write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+        runs.write_json(run_dir / "provenance.json", provenance)
+        mirror = build_mirror(cfg.logger, run_dir.name, OmegaConf.to_container(cfg, resolve=True), str(run_dir))
     log.info(f"run {run_dir}: {cfg.method.name} m={cfg.method.m} rho={cfg.method.rho} on {provenance['device']}")
     log.info("derived: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
-    mirror = build_mirror(cfg.logger, run_dir.name, resolved, str(run_dir))
 
     progress = Progress(cfg, derived["steps_per_epoch"], step)
     while epoch < cfg.epochs:
         method = methods.for_epoch(epoch, step)
         train_stats, step = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
-                                        data.train, device, progress, step)
+                                        data.train, device, progress, step, ctx)
         epoch += 1
         row = {"epoch": epoch, "step": step, "method": method.name, "lr": scheduler.get_last_lr()[0], **train_stats,
-               **evaluate(model, data.test, device, cfg.precision)}
+               **evaluate(model, data.test, device, cfg.precision, ctx)}
         rows.append(row)
-        # Metrics first: a kill between the two leaves a row past the checkpoint, which the
-        # resumed run drops and recomputes, rather than a checkpoint with a row missing.
-        runs.append_metrics(run_dir / "metrics.jsonl", row)
-        runs.save_checkpoint(run_dir / "last.pt", checkpoint_state(cfg, model, optimizer, scheduler, epoch, step))
-        runs.write_json(run_dir / "summary.json", summarise(cfg, "running", rows, derived, provenance, run_dir))
-        mirror.log(row, step)
+        if ctx.is_main:
+            # Metrics first: a kill between the two leaves a row past the checkpoint, which the
+            # resumed run drops and recomputes, rather than a checkpoint with a row missing.
+            runs.append_metrics(run_dir / "metrics.jsonl", row)
+            runs.save_checkpoint(run_dir / "last.pt", checkpoint_state(cfg, model, optimizer, scheduler, epoch, step))
+            runs.write_json(run_dir / "summary.json", summarise(cfg, "running", rows, derived, provenance, run_dir))
+            mirror.log(row, step)
         log.info(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
                  f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% | {row['seconds']:.1f}s")
     summary = summarise(cfg, "finished", rows, derived, provenance, run_dir)
-    runs.write_json(run_dir / "summary.json", summary)
-    mirror.finish()
+    if ctx.is_main:
+        runs.write_json(run_dir / "summary.json", summary)
+        mirror.finish()
     return summary

@@ -19,6 +19,11 @@ class DataBundle:
     train_size: int
     test_size: int
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Under torchrun: this process's share of every training batch and of the test batches."""
+        for loader in (self.train, self.test):
+            loader.rank, loader.world_size = rank, world_size
+
 
 def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     """Per-channel (x - mean) / std for images in [0, 1], shape (N, C, H, W)."""

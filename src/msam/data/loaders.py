@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -30,29 +30,42 @@ class TensorLoader:
         seed: int = 0,
         augment: Augment | None = None,
         resize: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.inputs, self.targets = inputs, targets
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.augment, self.resize = seed, augment, resize
+        self.rank, self.world_size = shard
 
     def __len__(self) -> int:
         n = self.targets.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches. With shard (rank, K), training batches (drop_last) are split into K
+        contiguous shards and this process gets its own, after augmenting the whole batch, so K
+        processes together see exactly the single-process batch; evaluation batches go round-robin."""
         gen = epoch_generator(self.seed, epoch)
         n = self.targets.shape[0]
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         order = order.to(self.targets.device)
         for k in range(len(self)):
             index = order[k * self.batch_size : (k + 1) * self.batch_size]
-            inputs = self.inputs[index]
+            inputs, targets = self.inputs[index], self.targets[index]
             if self.augment is not None:
                 inputs = self.augment(inputs, gen)
+            if self.world_size > 1:
+                if not self.drop_last:
+                    if k % self.world_size != self.rank:
+                        continue
+                else:
+                    size = self.batch_size // self.world_size
+                    inputs = inputs[self.rank * size:(self.rank + 1) * size]
+                    targets = targets[self.rank * size:(self.rank + 1) * size]
             if self.resize is not None:
                 inputs = torch.nn.functional.interpolate(inputs, size=(self.resize, self.resize),
                                                          mode="bilinear", align_corners=False)
-            yield inputs, self.targets[index]
+            yield inputs, targets
 
 
 class SeededSamples(Dataset):
@@ -75,9 +88,10 @@ class FolderLoader:
     """torch DataLoader, rebuilt per epoch with its order seeded by (seed, epoch)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool,
-                 seed: int, num_workers: int, device: torch.device) -> None:
+                 seed: int, num_workers: int, device: torch.device, shard: tuple[int, int] = (0, 1)) -> None:
         self.dataset, self.batch_size, self.shuffle = SeededSamples(dataset, seed), batch_size, shuffle
         self.drop_last, self.seed, self.num_workers, self.device = drop_last, seed, num_workers, device
+        self.rank, self.world_size = shard
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -86,11 +100,22 @@ class FolderLoader:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = epoch_generator(self.seed, epoch)
         self.dataset.epoch = epoch
-        sampler = RandomSampler(self.dataset, generator=gen) if self.shuffle else SequentialSampler(self.dataset)
+        batch_size, sampler = self.batch_size, None
+        if self.world_size > 1 and self.drop_last:  # training: each process loads its share
+            batch_size = self.batch_size // self.world_size
+            sampler = DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=self.shuffle,
+                                         seed=self.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+        elif self.shuffle:
+            sampler = RandomSampler(self.dataset, generator=gen)
+        else:
+            sampler = SequentialSampler(self.dataset)
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=self.drop_last,
+            self.dataset, batch_size=batch_size, sampler=sampler, drop_last=self.drop_last,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda", generator=gen,
             persistent_workers=False,
         )
-        for inputs, targets in loader:
+        for k, (inputs, targets) in enumerate(loader):
+            if self.world_size > 1 and not self.drop_last and k % self.world_size != self.rank:
+                continue  # evaluation: batches go round-robin over the processes
             yield inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)

@@ -13,14 +13,15 @@ METHOD_NAMES = ("vanilla", "sam", "msam")
 MSAM_IMPLEMENTATIONS = ("loop",)
 
 
-def build_method(cfg: DictConfig) -> Method:
-    """Build the method named by cfg.name; values were validated by msam.config."""
+def build_method(cfg: DictConfig, processes: int = 1) -> Method:
+    """Build the method named by cfg.name; values were validated by msam.config. Under K
+    processes each one runs m / K micro-batches of its share of the batch (msam.dist)."""
     if cfg.name == "vanilla":
         return Vanilla()
     if cfg.name == "sam":
         return MicroBatchSAMLoop(m=1, rho=cfg.rho, eps=cfg.eps, name="sam")
     if cfg.name == "msam":
         if cfg.impl == "loop":
-            return MicroBatchSAMLoop(m=cfg.m, rho=cfg.rho, eps=cfg.eps, name="msam")
+            return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name="msam")
         raise ConfigError(f"unknown method.impl '{cfg.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
     raise ConfigError(f"unknown method '{cfg.name}'; valid: {', '.join(METHOD_NAMES)}")

@@ -9,14 +9,6 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The .grad of each parameter; a parameter the loss did not reach gets zeros."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    return [p.grad for p in params]
-
-
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm over all tensors together, as a 0-d tensor (no host sync)."""
     norms = torch._foreach_norm(tensors, 2)

@@ -1,0 +1,168 @@
+"""DDP on CPU (gloo, 2 processes): invariant 3 of DESIGN.md and the per-device perturbation."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+from msam import dist
+from msam.methods.msam_loop import MicroBatchSAMLoop
+
+WORLD = 2
+STEPS = 3
+
+
+def per_sample_ce(logits, targets):
+    return nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def tiny_bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
+
+
+def global_batches(n=16):
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(n, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen))
+            for _ in range(STEPS)]
+
+
+def train(model, method, batches, ctx=dist.DistContext()):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for inputs, targets in batches:
+        if ctx.enabled:  # this process's contiguous share of the global batch
+            size = len(targets) // ctx.world_size
+            inputs = inputs[ctx.rank * size:(ctx.rank + 1) * size]
+            targets = targets[ctx.rank * size:(ctx.rank + 1) * size]
+        method(model, per_sample_ce, (inputs, targets))
+        dist.average_batchnorm(model, ctx)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return dist.unwrap(model).state_dict()
+
+
+def worker(rank, port, m_per_process, variant, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
+    torch_dist.init_process_group("gloo")
+    ctx = dist.DistContext(rank, WORLD, 0)
+    import msam.methods.msam_loop as loop
+
+    if variant == "no_sync_dropped":
+        loop.no_sync = lambda model: contextlib.nullcontext()
+    if variant == "ascent_all_reduced":  # the bug the equivalence test must catch
+        local = loop.gradients
+
+        def averaged(loss, params):
+            grads = local(loss, params)
+            for g in grads:
+                torch_dist.all_reduce(g)
+                g /= WORLD
+            return grads
+
+        loop.gradients = averaged
+    model = dist.wrap(tiny_bn_net(), ctx, torch.device("cpu"))
+    reductions = []
+
+    def counting_allreduce(state, bucket):
+        reductions.append(bucket.index())
+        return allreduce_hook(None, bucket)
+
+    model.register_comm_hook(None, counting_allreduce)
+    state = train(model, MicroBatchSAMLoop(m=m_per_process, rho=0.3, eps=1e-12), global_batches(), ctx)
+    if rank == 0:
+        torch.save({"state": state, "reductions": torch.tensor(len(reductions))}, out_path)
+    torch_dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ddp(tmp_path, m_per_process, variant="as_shipped"):
+    """Final weights and BN buffers of rank 0, and how many bucket all-reduces it made."""
+    out = tmp_path / f"ddp_{m_per_process}_{variant}.pt"
+    mp.spawn(worker, args=(free_port(), m_per_process, variant, str(out)), nprocs=WORLD, join=True)
+    result = torch.load(out, weights_only=True)
+    return result["state"], int(result["reductions"])
+
+
+def single_process(m):
+    return train(tiny_bn_net(), MicroBatchSAMLoop(m=m, rho=0.3, eps=1e-12), global_batches())
+
+
+def max_diff(a, b):
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("m_per_process", [1, 2])
+def test_ddp_msam_equals_single_process_msam_with_the_global_m(tmp_path, m_per_process):
+    """m_per_process=1 is SAM on each device, i.e. mSAM with m = K; 2 is mSAM with m = 4."""
+    ddp, _ = run_ddp(tmp_path, m_per_process)
+    single = single_process(WORLD * m_per_process)
+    assert max_diff(ddp, single) < 1e-10  # weights and BatchNorm running statistics
+    if m_per_process == 2:
+        assert max_diff(single, single_process(1)) > 1e-4  # m matters, so the check has teeth
+
+
+def test_only_the_final_direction_is_all_reduced(tmp_path):
+    """One all-reduce per step (the tiny model is one DDP bucket); without no_sync() every
+    perturbed pass would be reduced too."""
+    _, reductions = run_ddp(tmp_path, 2)
+    assert reductions == STEPS
+    _, without_no_sync = run_ddp(tmp_path, 2, "no_sync_dropped")
+    assert without_no_sync == 2 * STEPS
+
+
+def test_an_all_reduced_ascent_gradient_would_be_caught(tmp_path):
+    """The ascent gradient stays on its device (torch.autograd.grad inside no_sync()); if it were
+    averaged across devices, each device would perturb with the shared gradient: not mSAM."""
+    synced, _ = run_ddp(tmp_path, 2, "ascent_all_reduced")
+    assert max_diff(synced, single_process(WORLD * 2)) > 1e-6
+
+
+def test_global_m_must_be_divisible_by_the_processes():
+    from omegaconf import OmegaConf
+
+    from msam.errors import ConfigError
+
+    cfg = OmegaConf.create({"method": {"m": 3}, "batch_size": 12})
+    with pytest.raises(ConfigError, match="method.m=3 is the global number of micro-batches"):
+        dist.per_process(cfg, dist.DistContext(0, 2, 0))
+    assert dist.per_process(OmegaConf.create({"method": {"m": 4}, "batch_size": 16}), dist.DistContext(0, 2, 0)) == {
+        "processes": 2, "effective_batch_size": 16, "batch_size_per_process": 8, "m_per_process": 2}
+
+
+def test_torchrun_trains_one_run_written_once(tmp_path):
+    common = ["method=msam", "method.m=4", "epochs=1", "device=cpu", "log_every_steps=0"]
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run(
+        [torchrun, "--nproc-per-node=2", "--master-port", str(free_port()), "-m", "msam.train", *common,
+         f"paths.runs={tmp_path}/ddp"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = list((tmp_path / "ddp").glob("*/summary.json"))
+    assert len(summaries) == 1
+    import json
+
+    summary = json.loads(summaries[0].read_text())
+    assert summary["derived"]["processes"] == 2 and summary["derived"]["m_per_process"] == 2
+    assert summary["derived"]["batch_size_per_process"] == 32
+    # the same run in one process: the same updates up to float32 summation order
+    subprocess.run([sys.executable, "-m", "msam.train", *common, f"paths.runs={tmp_path}/single"],
+                   capture_output=True, text=True, timeout=300, cwd=tmp_path, check=True)
+    single_dir = next((tmp_path / "single").glob("*/last.pt")).parent
+    assert single_dir.name == summaries[0].parent.name  # the process count is not part of the run's identity
+    a = torch.load(summaries[0].parent / "last.pt", weights_only=True)["model"]
+    b = torch.load(single_dir / "last.pt", weights_only=True)["model"]
+    assert max_diff(a, b) < 1e-3
+    assert abs(summary["test_acc"] - json.loads((single_dir / "summary.json").read_text())["test_acc"]) < 1.0
