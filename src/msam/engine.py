@@ -230,5 +230,6 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     summary = summarise(cfg, "finished", rows, derived, provenance, run_dir)
     if ctx.is_main:
         runs.write_json(run_dir / "summary.json", summary)
+        mirror.summary({k: v for k, v in summary.items() if k not in ("derived", "provenance")})
         mirror.finish()
     return summary

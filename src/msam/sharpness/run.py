@@ -13,6 +13,7 @@ from msam import runs
 from msam.data.analysis import analysis_batches
 from msam.engine import per_sample_cross_entropy, pick_device
 from msam.errors import ConfigError
+from msam.mirror import build_mirror
 from msam.models import build_model
 from msam.sharpness.measure import measure_sharpness
 from msam.sharpness.operator import ReIterable
@@ -32,6 +33,13 @@ def load_finished_run(run_dir: Path):
     if state is None:
         raise ConfigError(f"no last.pt in {run_dir}")
     return cfg, state
+
+
+def mirror_sharpness(cfg, run_dir: Path, result: dict) -> None:
+    """Add lambda_max and the trace to the run's dashboard run, if it has one."""
+    mirror = build_mirror(cfg.logger, run_dir.name, OmegaConf.to_container(cfg, resolve=True), str(run_dir))
+    mirror.summary({key: result[key] for key in ("lambda_max", "trace", "trace_stderr", "converged")})
+    mirror.finish()
 
 
 def measure_run(run_dir: str | Path, *, algorithm: str = "lanczos", max_iter: int = 100, tol: float = 1e-4,
@@ -67,6 +75,7 @@ def measure_run(run_dir: str | Path, *, algorithm: str = "lanczos", max_iter: in
         "provenance": runs.provenance(torch_device),
     })
     runs.write_json(run_dir / "sharpness.json", result)
+    mirror_sharpness(cfg, run_dir, result)
     trace = "not measured" if result["trace"] is None else f"{result['trace']:.4g} ± {result['trace_stderr']:.2g}"
     log.info(f"lambda_max {result['lambda_max']:.4g} (converged {result['converged']}), trace {trace}, "
              f"{result['hvp_count']} HVPs in {result['seconds']:.1f}s")
