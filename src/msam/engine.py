@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ from msam.methods.params import trainable_parameters
 from msam.mirror import NoMirror, build_mirror
 from msam.models import build_model
 from msam.optim import build_optimizer
+from msam.preemption import Preemption
 from msam.schedule import build_schedule
 
 log = logging.getLogger("msam")
@@ -90,14 +92,40 @@ class MethodSchedule:
         return self.then
 
 
-def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader, device, progress, step, ctx):
+@dataclass
+class EpochTotals:
+    """The running sums of the epoch in progress (kept by a checkpoint taken mid-epoch)."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    seconds: float = 0.0
+    batches: int = 0
+
+
+def stop_requested(preemption: Preemption, ctx: dist.DistContext, step: int, check_every: int) -> bool:
+    """Single process: the flag. Several: any process's flag, agreed on every check_every steps."""
+    if not ctx.enabled:
+        return preemption.requested
+    if step % check_every != 0:
+        return False
+    flag = torch.tensor([float(preemption.requested)])
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader, device, progress, step, ctx,
+                totals: EpochTotals, preemption: Preemption):
+    """Train from batch totals.batches of the epoch to its end, or until a stop is requested.
+    Returns (totals, step, stopped); totals are summed over the processes."""
     model.train()
     params = trainable_parameters(model)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    loss_sum = torch.tensor(totals.loss_sum if ctx.is_main else 0.0, device=device, dtype=torch.float64)
+    correct = torch.tensor(totals.correct if ctx.is_main else 0.0, device=device, dtype=torch.float64)
+    seen = totals.seen if ctx.is_main else 0.0
+    batches, stopped = totals.batches, False
     start = time.perf_counter()
-    for step_in_epoch, (inputs, targets) in enumerate(loader.epoch(epoch), start=1):
+    for inputs, targets in loader.epoch(epoch, start_batch=totals.batches):
         with autocast(device, cfg.precision):
             loss, logits = method(model, loss_fn, (inputs, targets))
         dist.average_batchnorm(model, ctx)
@@ -107,36 +135,47 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        loss_sum += loss * targets.shape[0]
+        batches += 1
+        loss_sum += loss.double() * targets.shape[0]
         correct += (logits.argmax(1) == targets).sum()
         seen += targets.shape[0]
-        progress.maybe_log(epoch, step_in_epoch, step, loss_sum, correct, seen, scheduler.get_last_lr()[0])
-    totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device).double()])
-    dist.all_reduce_sum([totals], ctx)
-    loss_total, correct_total, seen_total = totals.tolist()
-    stats = {"train_loss": loss_total / seen_total, "train_acc": 100.0 * correct_total / seen_total,
-             "seconds": time.perf_counter() - start}
-    return stats, step
+        progress.maybe_log(epoch, batches, step, loss_sum, correct, seen, scheduler.get_last_lr()[0])
+        if stop_requested(preemption, ctx, step, cfg.preemption_check_every) and batches < len(loader):
+            stopped = True
+            break
+    sums = torch.stack([loss_sum, correct, torch.tensor(seen, device=device, dtype=torch.float64)])
+    dist.all_reduce_sum([sums], ctx)
+    loss_total, correct_total, seen_total = sums.tolist()
+    return EpochTotals(loss_total, correct_total, seen_total, totals.seconds + time.perf_counter() - start,
+                       batches), step, stopped
 
 
-def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int) -> dict:
+def epoch_row(epoch: int, step: int, method_name: str, lr: float, totals: EpochTotals) -> dict:
+    return {"epoch": epoch, "step": step, "method": method_name, "lr": lr,
+            "train_loss": totals.loss_sum / totals.seen, "train_acc": 100.0 * totals.correct / totals.seen,
+            "seconds": totals.seconds}
+
+
+def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int,
+                     partial: EpochTotals | None = None) -> dict:
+    """Everything a resumed run needs; epoch counts completed epochs, partial the epoch in progress."""
     return {
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "epoch": epoch, "step": step,
+        "epoch": epoch, "step": step, "partial_epoch": asdict(partial or EpochTotals()),
         "model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
-def restore_state(state: dict, model, optimizer, scheduler) -> tuple[int, int]:
+def restore_state(state: dict, model, optimizer, scheduler) -> tuple[int, int, EpochTotals]:
     dist.unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"]:
         torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return state["epoch"], state["step"]
+    return state["epoch"], state["step"], EpochTotals(**state["partial_epoch"])
 
 
 def summarise(cfg, status, rows, derived, provenance, run_dir) -> dict:
@@ -191,11 +230,11 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     scheduler = build_schedule(cfg.schedule, optimizer, derived["total_steps"])
     loss_fn = per_sample_cross_entropy(cfg.label_smoothing)
 
-    epoch, step = 0, 0
+    epoch, step, partial = 0, 0, EpochTotals()
     state = runs.load_checkpoint(run_dir / "last.pt") if cfg.resume == "auto" else None
     if state is not None:
-        epoch, step = restore_state(state, model, optimizer, scheduler)
-        log.info(f"resuming {run_dir} after epoch {epoch} (step {step})")
+        epoch, step, partial = restore_state(state, model, optimizer, scheduler)
+        log.info(f"resuming {run_dir} at epoch {epoch + 1}, batch {partial.batches} (step {step})")
     model = dist.wrap(model, ctx, device)
     rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
 
@@ -210,13 +249,20 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     log.info("derived: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
 
     progress = Progress(cfg, derived["steps_per_epoch"], step)
+    preemption = Preemption().install()
     while epoch < cfg.epochs:
         method = methods.for_epoch(epoch, step)
-        train_stats, step = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
-                                        data.train, device, progress, step, ctx)
+        partial, step, stopped = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
+                                             data.train, device, progress, step, ctx, partial, preemption)
+        if stopped:
+            if ctx.is_main:
+                runs.save_checkpoint(run_dir / "last.pt",
+                                     checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, partial))
+            preemption.hand_over(f"epoch {epoch + 1}, batch {partial.batches} (step {step})")
         epoch += 1
-        row = {"epoch": epoch, "step": step, "method": method.name, "lr": scheduler.get_last_lr()[0], **train_stats,
+        row = {**epoch_row(epoch, step, method.name, scheduler.get_last_lr()[0], partial),
                **evaluate(model, data.test, device, cfg.precision, ctx)}
+        partial = EpochTotals()
         rows.append(row)
         if ctx.is_main:
             # Metrics first: a kill between the two leaves a row past the checkpoint, which the
@@ -227,6 +273,7 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
             mirror.log(row, step)
         log.info(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
                  f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% | {row['seconds']:.1f}s")
+    preemption.uninstall()
     summary = summarise(cfg, "finished", rows, derived, provenance, run_dir)
     if ctx.is_main:
         runs.write_json(run_dir / "summary.json", summary)

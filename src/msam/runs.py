@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Keys that say where things are or how a run is watched, not what is trained: changing
 # them must find the same run directory again.
-NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "dataset.root",
+NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "preemption_check_every", "dataset.root",
                      "dataset.download", "dataset.num_workers")
 
 

@@ -41,7 +41,14 @@ class TensorLoader:
         n = self.targets.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches, from batch start_batch on (a resumed epoch: the skipped batches
+        still draw their augmentation, so the random stream is where it was)."""
+        for k, batch in enumerate(self._all_batches(epoch)):
+            if k >= start_batch:
+                yield batch
+
+    def _all_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's batches. With shard (rank, K), training batches (drop_last) are split into K
         contiguous shards and this process gets its own, after augmenting the whole batch, so K
         processes together see exactly the single-process batch; evaluation batches go round-robin."""
@@ -97,7 +104,9 @@ class FolderLoader:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from start_batch on; skipped batches are not loaded (each sample's
+        transform has its own seed, so skipping changes nothing that follows)."""
         gen = epoch_generator(self.seed, epoch)
         self.dataset.epoch = epoch
         batch_size, sampler = self.batch_size, None
@@ -110,8 +119,9 @@ class FolderLoader:
             sampler = RandomSampler(self.dataset, generator=gen)
         else:
             sampler = SequentialSampler(self.dataset)
+        order = list(sampler)[start_batch * batch_size:]  # drawn first, whether or not we skip
         loader = DataLoader(
-            self.dataset, batch_size=batch_size, sampler=sampler, drop_last=self.drop_last,
+            self.dataset, batch_size=batch_size, sampler=order, drop_last=self.drop_last,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda", generator=gen,
             persistent_workers=False,
         )
