@@ -35,7 +35,12 @@ class DistContext:
 
 
 def init_distributed(device: torch.device) -> DistContext:
-    """Join the process group torchrun describes in the environment; one process otherwise."""
+    """Join the process group torchrun describes in the environment (or, in a submitit job with
+    several SLURM tasks, the one submitit derives from SLURM's); one process otherwise."""
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistContext()

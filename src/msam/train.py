@@ -12,7 +12,8 @@ from omegaconf import DictConfig
 from msam.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("dataset", "model", "method", "switch", "optim", "schedule", "logger")
+GROUPS = ("dataset", "model", "method", "switch", "optim", "schedule", "logger", "launcher", "experiment",
+          "table", "smoke")
 
 
 def check_group_choices(argv: list[str]) -> None:
