@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_RUNS ?= runs/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Step-time ratios of vanilla, SAM and the mSAM implementations (slow on a CPU; see conf/bench.yaml).
+bench: install
+	$(BIN)/msam-bench
 
 clean:
 	rm -rf $(VENV) runs

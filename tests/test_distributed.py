@@ -15,6 +15,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 from msam import dist
 from msam.methods.msam_loop import MicroBatchSAMLoop
+from msam.methods.msam_vmap import MicroBatchSAMVmap
 
 WORLD = 2
 STEPS = 3
@@ -76,7 +77,8 @@ def worker(rank, port, m_per_process, variant, out_path):
         return allreduce_hook(None, bucket)
 
     model.register_comm_hook(None, counting_allreduce)
-    state = train(model, MicroBatchSAMLoop(m=m_per_process, rho=0.3, eps=1e-12), global_batches(), ctx)
+    implementation = MicroBatchSAMVmap if variant == "vmap" else MicroBatchSAMLoop
+    state = train(model, implementation(m=m_per_process, rho=0.3, eps=1e-12), global_batches(), ctx)
     if rank == 0:
         torch.save({"state": state, "reductions": torch.tensor(len(reductions))}, out_path)
     torch_dist.destroy_process_group()
@@ -112,6 +114,11 @@ def test_ddp_msam_equals_single_process_msam_with_the_global_m(tmp_path, m_per_p
     assert max_diff(ddp, single) < 1e-10  # weights and BatchNorm running statistics
     if m_per_process == 2:
         assert max_diff(single, single_process(1)) > 1e-4  # m matters, so the check has teeth
+
+
+def test_ddp_with_the_vmap_implementation_equals_single_process_msam(tmp_path):
+    ddp, _ = run_ddp(tmp_path, 2, "vmap")
+    assert max_diff(ddp, single_process(WORLD * 2)) < 1e-10
 
 
 def test_only_the_final_direction_is_all_reduced(tmp_path):

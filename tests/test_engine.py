@@ -107,3 +107,9 @@ def test_gradient_clipping_bounds_the_update(make_cfg):
 def test_bf16_autocast_trains(make_cfg):
     summary = engine.train(make_cfg("method=msam", "method.m=4", "precision=bf16", "epochs=1"))
     assert summary["status"] == "finished" and summary["test_acc"] > 20
+
+
+def test_the_vmap_implementation_trains_like_the_loop(make_cfg, tmp_path):
+    loop = make_cfg("method=msam", "method.m=4", "method.impl=loop", "epochs=1")
+    vmap = make_cfg("method=msam", "method.m=4", "method.impl=vmap", "method.chunk_size=2", "epochs=1")
+    assert abs(engine.train(loop)["train_loss"] - engine.train(vmap)["train_loss"]) < 1e-4

@@ -177,3 +177,36 @@ def test_split_batch_handles_dict_inputs():
     assert len(parts) == 2
     assert torch.equal(parts[1][0]["input_ids"], torch.tensor([[4, 5], [6, 7]]))
     assert torch.equal(parts[1][1], torch.tensor([2, 3]))
+
+
+# --- method.impl=vmap: the same direction and BatchNorm semantics as the loop ---------------
+
+from msam.methods.msam_vmap import MicroBatchSAMVmap  # noqa: E402
+
+
+def tiny_cnn_bn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3)).double()
+
+
+def image_batch(n=16, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, 5, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4, 8])
+@pytest.mark.parametrize("make", ["mlp", "bn_mlp", "cnn_bn"])
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_vmap_gives_the_loops_direction_and_batchnorm_buffers(m, make, chunk_size):
+    model, data = {"mlp": (tiny_mlp, batch), "bn_mlp": (tiny_bn_net, batch), "cnn_bn": (tiny_cnn_bn, image_batch)}[make]
+    model, data = model(), data()
+    loop_model, vmap_model = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    loop_loss, loop_logits = MicroBatchSAMLoop(m=m, rho=0.2, eps=EPS)(loop_model, per_sample_ce, data)
+    vmap_loss, vmap_logits = MicroBatchSAMVmap(m=m, rho=0.2, eps=EPS, chunk_size=chunk_size)(
+        vmap_model, per_sample_ce, data)
+    assert max_diff([p.grad for p in vmap_model.parameters()], [p.grad for p in loop_model.parameters()]) < 1e-12
+    assert max_diff(list(vmap_model.buffers()), list(loop_model.buffers())) < 1e-12 if list(model.buffers()) else True
+    assert torch.allclose(vmap_loss, loop_loss, atol=1e-13) and torch.allclose(vmap_logits, loop_logits, atol=1e-12)
+    for p, q in zip(vmap_model.parameters(), model.parameters()):
+        assert torch.equal(p, q)  # the weights are never written

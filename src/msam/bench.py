@@ -1,0 +1,129 @@
+"""msam-bench: how much one training step of SAM and each mSAM implementation costs, as ratios
+to vanilla and SAM measured in the same process (a Hydra app over conf/bench.yaml).
+
+Each row: model, B, m, impl, median ms per step, spread (min-max), peak GPU memory (CUDA only),
+ratio to SAM and to vanilla of the same model and B. Steps of all methods are interleaved
+(vanilla, SAM, loop, vmap, vanilla, ...) so drifting machine load hits them alike.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import hydra
+import timm
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from msam.engine import per_sample_cross_entropy, pick_device
+from msam.methods.msam_loop import MicroBatchSAMLoop
+from msam.methods.msam_vmap import MicroBatchSAMVmap
+from msam.methods.vanilla import Vanilla
+from msam.models.cifar_resnet import cifar_resnet
+from msam.models.wide_resnet import WideResNet
+from msam.runs import device_description, write_atomic
+from msam.train import CONF_DIR
+
+
+def bench_model(name: str, num_classes: int, image_size: int) -> torch.nn.Module:
+    if name == "resnet18":
+        return cifar_resnet(18, 3, num_classes)
+    if name == "wrn16_8":
+        return WideResNet(16, 8, 3, num_classes, 0.0)
+    if name == "vit_small":  # ViT-Tiny width, 4x4 patches on 32x32 images: 64 tokens
+        return timm.create_model("vit_tiny_patch16_224", img_size=image_size, patch_size=4, num_classes=num_classes)
+    raise ValueError(f"unknown bench model '{name}'; valid: resnet18, wrn16_8, vit_small")
+
+
+def methods_for(m: int, rho: float, impls) -> dict:
+    methods = {"vanilla": Vanilla(), "sam": MicroBatchSAMLoop(m=1, rho=rho, eps=1e-12, name="sam")}
+    if m > 1:
+        builders = {"loop": MicroBatchSAMLoop, "vmap": MicroBatchSAMVmap}
+        methods.update({impl: builders[impl](m=m, rho=rho, eps=1e-12) for impl in impls})
+    return methods
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int) -> dict:
+    """Median, min and max ms per training step of each method, interleaved; peak memory on CUDA."""
+    loss_fn = per_sample_cross_entropy(0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    times = {name: [] for name in methods}
+    peaks = {name: 0 for name in methods}
+    for round_ in range(warmup + repeats):
+        for name, method in methods.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
+            start = time.perf_counter()
+            method(model, loss_fn, batch)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            synchronize(device)
+            if round_ >= warmup:
+                times[name].append(1000 * (time.perf_counter() - start))
+                if device.type == "cuda":
+                    peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device))
+    return {name: {"ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t),
+                   "peak_gb": peaks[name] / 2**30 if device.type == "cuda" else None} for name, t in times.items()}
+
+
+def run_bench(cfg: DictConfig) -> list[dict]:
+    device = pick_device(cfg.device)
+    rows = []
+    for model_name in cfg.models:
+        torch.manual_seed(cfg.seed)
+        model = bench_model(model_name, cfg.num_classes, cfg.image_size).to(device).train()
+        for batch_size in cfg.batch_sizes:
+            gen = torch.Generator().manual_seed(cfg.seed)
+            batch = (torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=gen).to(device),
+                     torch.randint(0, cfg.num_classes, (batch_size,), generator=gen).to(device))
+            baseline = None
+            for m in cfg.ms:
+                if batch_size % m:
+                    continue
+                timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls), batch, device, cfg.repeats, cfg.warmup)
+                baseline = timed if baseline is None else baseline
+                for impl, t in timed.items():
+                    if impl in ("vanilla", "sam") and m != cfg.ms[0]:
+                        continue  # one vanilla/SAM row per (model, B); the ratios use this round's
+                    rows.append({"model": model_name, "B": batch_size, "m": m if impl not in ("vanilla", "sam") else 1,
+                                 "impl": impl, **t, "ratio_vs_sam": t["ms"] / timed["sam"]["ms"],
+                                 "ratio_vs_vanilla": t["ms"] / timed["vanilla"]["ms"],
+                                 "device": device_description(device)})
+                    print(f"{model_name} B={batch_size} m={rows[-1]['m']} {impl}: {t['ms']:.0f} ms "
+                          f"({rows[-1]['ratio_vs_sam']:.2f}x SAM)", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], cfg) -> str:
+    lines = [f"# msam-bench `{cfg.name}`", "", f"device: {rows[0]['device'] if rows else '?'}; "
+             f"{cfg.repeats} timed steps per method after {cfg.warmup} warm-up, interleaved; median (min-max)", "",
+             "| model | B | m | impl | ms / step | × SAM | × vanilla | peak GB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        peak = "—" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
+        lines.append(f"| {r['model']} | {r['B']} | {r['m']} | {r['impl']} | {r['ms']:.0f} ({r['min_ms']:.0f}-"
+                     f"{r['max_ms']:.0f}) | {r['ratio_vs_sam']:.2f} | {r['ratio_vs_vanilla']:.2f} | {peak} |")
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
+def main(cfg: DictConfig) -> None:
+    rows = run_bench(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"config": OmegaConf.to_container(cfg, resolve=True), "rows": rows}
+    write_atomic(out / f"{cfg.name}.json", (json.dumps(payload, indent=2) + "\n").encode())
+    write_atomic(out / f"{cfg.name}.md", markdown(rows, cfg).encode())
+    print(markdown(rows, cfg))
+
+
+if __name__ == "__main__":
+    main()

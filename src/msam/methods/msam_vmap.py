@@ -1,0 +1,103 @@
+"""SAM and mSAM vectorised over the micro-batches with torch.func (method.impl=vmap).
+
+The same direction as the loop (msam_loop.py) and the same BatchNorm semantics, computed with
+two vmapped passes instead of 2m small ones: the ascent pass evaluates the m micro-batch
+gradients g_j at the shared weights w, the descent pass the m gradients d_j at the m perturbed
+weight sets w + e_j (stacked along a new leading dimension). vmap turns the m small passes into
+batched matrix products and grouped convolutions, which keeps a device busy when micro-batches
+are small.
+
+BatchNorm: functional_call gets the running statistics as m stacked copies (in_dims=0), so each
+micro-batch's ascent pass makes its own momentum update from the same start; their mean is the
+single update of DESIGN.md invariant 4. The descent pass gets throw-away copies, so it never
+changes them. chunk_size bounds the memory of the stacked weights (vmap runs m / chunk_size
+chunks one after another).
+
+Under DistributedDataParallel the functional calls go to the wrapped module, so DDP's reducer
+is not involved at all: each process computes its own micro-batch directions and the final
+averaged direction is all-reduced here, once per step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from msam.methods.base import LossFn
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def running_stat_names(model: torch.nn.Module) -> list[str]:
+    names = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, _BatchNorm) and module.track_running_stats:
+            names += [f"{prefix}.{b}" if prefix else b for b in ("running_mean", "running_var", "num_batches_tracked")]
+    return names
+
+
+def disable_fused_attention(model: torch.nn.Module) -> None:
+    """timm's fused attention (scaled_dot_product_attention) has no vmap rule on every device."""
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+
+
+def to_micro_batches(tensor: torch.Tensor, m: int) -> torch.Tensor:
+    return tensor.reshape(m, tensor.shape[0] // m, *tensor.shape[1:])
+
+
+class MicroBatchSAMVmap:
+    def __init__(self, m: int, rho: float, eps: float, chunk_size: int | None = None, name: str = "msam") -> None:
+        self.name, self.m, self.rho, self.eps, self.chunk_size = name, m, rho, eps, chunk_size
+
+    def __call__(self, model: torch.nn.Module, loss_fn: LossFn, batch):
+        inputs, targets = batch
+        if isinstance(inputs, dict):
+            raise NotImplementedError("method.impl=vmap takes tensor inputs; use impl=loop for dict batches")
+        network = unwrap(model)
+        disable_fused_attention(network)
+        names = [n for n, p in network.named_parameters() if p.requires_grad]
+        params = {n: p.detach() for n, p in network.named_parameters() if p.requires_grad}
+        frozen = {n: p.detach() for n, p in network.named_parameters() if not p.requires_grad}
+        stat_names = running_stat_names(network)
+        buffers = dict(network.named_buffers())
+        shared = {**frozen, **{n: b for n, b in buffers.items() if n not in stat_names}}
+        m = self.m
+        xs, ys = to_micro_batches(inputs, m), to_micro_batches(targets, m)
+
+        def loss_at(trainable, stats, x, y):
+            logits = functional_call(network, ({**trainable, **stats, **shared},), (x,))
+            return loss_fn(logits, y).mean(), logits
+
+        def stacked_stats():
+            return {n: buffers[n].unsqueeze(0).repeat(m, *[1] * buffers[n].dim()) for n in stat_names}
+
+        step = grad_and_value(loss_at, has_aux=True)
+        ascent_stats = stacked_stats()
+        grads, (losses, logits) = vmap(step, in_dims=(None, 0, 0, 0), randomness="different",
+                                       chunk_size=self.chunk_size)(params, ascent_stats, xs, ys)
+        with torch.no_grad():
+            flat = torch.cat([grads[n].reshape(m, -1) for n in names], dim=1)
+            scale = self.rho / (torch.linalg.vector_norm(flat, dim=1) + self.eps)  # one per micro-batch
+            perturbed = {n: params[n].unsqueeze(0) + scale.view(m, *[1] * params[n].dim()) * grads[n]
+                         for n in names}
+        directions, _ = vmap(step, in_dims=(0, 0, 0, 0), randomness="different",
+                             chunk_size=self.chunk_size)(perturbed, stacked_stats(), xs, ys)
+        with torch.no_grad():
+            for n, p in network.named_parameters():
+                if p.requires_grad:
+                    p.grad = directions[n].mean(0)
+            if torch_dist.is_initialized() and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+                world = torch_dist.get_world_size()
+                for n in names:
+                    torch_dist.all_reduce(network.get_parameter(n).grad)
+                    network.get_parameter(n).grad /= world
+            for n in stat_names:  # the mean of the m ascent updates; num_batches_tracked counts one step
+                stat = ascent_stats[n]
+                buffers[n].copy_(stat[0] if n.endswith("num_batches_tracked") else stat.mean(0))
+        return losses.mean().detach(), logits.reshape(-1, *logits.shape[2:]).detach()
