@@ -113,3 +113,31 @@ def test_the_vmap_implementation_trains_like_the_loop(make_cfg, tmp_path):
     loop = make_cfg("method=msam", "method.m=4", "method.impl=loop", "epochs=1")
     vmap = make_cfg("method=msam", "method.m=4", "method.impl=vmap", "method.chunk_size=2", "epochs=1")
     assert abs(engine.train(loop)["train_loss"] - engine.train(vmap)["train_loss"]) < 1e-4
+
+
+# fp16 autocast is slow on a CPU: a small problem (4 steps of 32 synthetic 8x8 images).
+SMALL = ("dataset=synthetic", "dataset.image_shape=[1,8,8]", "dataset.mean=[0.5]", "dataset.std=[0.2887]",
+         "dataset.train_size=128", "dataset.test_size=64", "batch_size=32", "epochs=1")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_close_to_fp32(make_cfg, precision):
+    """Stated tolerance: the mean training loss of the epoch within 0.05 of fp32's."""
+    reference = engine.train(make_cfg("method=msam", "method.m=4", *SMALL))
+    mixed = engine.train(make_cfg("method=msam", "method.m=4", *SMALL, f"precision={precision}"))
+    assert abs(mixed["train_loss"] - reference["train_loss"]) < 0.05
+    assert mixed["train_loss"] != reference["train_loss"]  # it really ran in lower precision
+
+
+def test_fp16_skips_a_step_that_overflows_and_lowers_the_scale(make_cfg):
+    cfg = make_cfg("method=sam", "precision=fp16", "fp16_scaler.init_scale=1e38", *SMALL)
+    engine.train(cfg)
+    state = torch.load(runs.run_dir_for(cfg) / "last.pt", weights_only=True)
+    assert state["grad_scaler"]["scale"] < 1e38  # overflowing steps were skipped and the scale backed off
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_channels_last_gives_the_same_training(make_cfg):
+    plain = engine.train(make_cfg("method=msam", "method.m=4", "epochs=1"))
+    nhwc = engine.train(make_cfg("method=msam", "method.m=4", "epochs=1", "channels_last=true"))
+    assert abs(plain["train_loss"] - nhwc["train_loss"]) < 1e-4

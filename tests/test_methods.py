@@ -210,3 +210,14 @@ def test_vmap_gives_the_loops_direction_and_batchnorm_buffers(m, make, chunk_siz
     assert torch.allclose(vmap_loss, loop_loss, atol=1e-13) and torch.allclose(vmap_logits, loop_logits, atol=1e-12)
     for p, q in zip(vmap_model.parameters(), model.parameters()):
         assert torch.equal(p, q)  # the weights are never written
+
+
+def test_auto_picks_vmap_for_models_without_batchnorm_and_enough_micro_batches():
+    from omegaconf import OmegaConf
+
+    from msam.methods import build_method
+
+    cfg = OmegaConf.create({"name": "msam", "m": 8, "rho": 0.1, "eps": 1e-12, "impl": "auto"})
+    assert isinstance(build_method(cfg, model=tiny_mlp()), MicroBatchSAMVmap)
+    assert isinstance(build_method(cfg, model=tiny_bn_net()), MicroBatchSAMLoop)
+    assert isinstance(build_method(OmegaConf.merge(cfg, {"m": 4}), model=tiny_mlp()), MicroBatchSAMLoop)

@@ -15,7 +15,7 @@ from msam.models import check_model
 from msam.optim import OPTIMIZER_NAMES
 from msam.schedule import SCHEDULE_NAMES, schedule_steps
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 RESUME_MODES = ("auto", "never")
 
 

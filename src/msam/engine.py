@@ -36,8 +36,49 @@ def per_sample_cross_entropy(label_smoothing: float):
                              label_smoothing=label_smoothing)
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16),
+                          enabled=precision in AUTOCAST_DTYPES)
+
+
+class LossScaling:
+    """fp16: a GradScaler used correctly around a two-pass step. The method sees a loss scaled by
+    S, so its ascent gradient is S g: SAM's normalised perturbation rho S g / (||S g|| + eps) does
+    not depend on S (up to eps), and an overflow makes the step non-finite, which the scaler skips
+    (the weights are restored by copy either way). The accumulated direction is unscaled once
+    before clipping; one scaler step and one update per optimizer step."""
+
+    def __init__(self, cfg, device: torch.device) -> None:
+        self.scaler = None
+        if cfg.precision == "fp16":
+            self.scaler = torch.amp.GradScaler(device.type, init_scale=cfg.fp16_scaler.init_scale,
+                                               growth_interval=cfg.fp16_scaler.growth_interval)
+
+    def loss_fn(self, loss_fn):
+        if self.scaler is None:
+            return loss_fn
+        return lambda logits, targets: self.scaler.scale(loss_fn(logits.float(), targets))
+
+    def unscale(self, optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
 
 
 @torch.no_grad()
@@ -79,9 +120,12 @@ class Progress:
 class MethodSchedule:
     """The method of each epoch: cfg.method, or with a switch, cfg.switch.then from switch_epoch on."""
 
-    def __init__(self, cfg: DictConfig, derived: dict, processes: int) -> None:
-        self.first = build_method(cfg.method, processes)
-        self.then = build_method(cfg.switch.then, processes) if cfg.switch.then is not None else None
+    def __init__(self, cfg: DictConfig, derived: dict, processes: int, model) -> None:
+        self.first = build_method(cfg.method, processes, model)
+        self.then = build_method(cfg.switch.then, processes, model) if cfg.switch.then is not None else None
+        for method in (self.first, self.then):
+            if method is not None and method.name == "msam":
+                log.info(f"mSAM implementation: {type(method).__name__} ({cfg.method.get('impl', 'loop')} requested)")
         self.switch_epoch = derived.get("switch_epoch")
 
     def for_epoch(self, epoch: int, step: int):
@@ -115,7 +159,7 @@ def stop_requested(preemption: Preemption, ctx: dist.DistContext, step: int, che
 
 
 def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader, device, progress, step, ctx,
-                totals: EpochTotals, preemption: Preemption):
+                totals: EpochTotals, preemption: Preemption, scaling: LossScaling):
     """Train from batch totals.batches of the epoch to its end, or until a stop is requested.
     Returns (totals, step, stopped); totals are summed over the processes."""
     model.train()
@@ -125,13 +169,19 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
     seen = totals.seen if ctx.is_main else 0.0
     batches, stopped = totals.batches, False
     start = time.perf_counter()
+    method_loss_fn = scaling.loss_fn(loss_fn)
     for inputs, targets in loader.epoch(epoch, start_batch=totals.batches):
+        if cfg.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(device, cfg.precision):
-            loss, logits = method(model, loss_fn, (inputs, targets))
+            loss, logits = method(model, method_loss_fn, (inputs, targets))
+        if scaling.scaler is not None:  # the method saw scaled losses: the metric comes from the logits
+            loss = loss_fn(logits.float(), targets).mean()
         dist.average_batchnorm(model, ctx)
+        scaling.unscale(optimizer)
         if cfg.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm, foreach=True)
-        optimizer.step()
+        scaling.step(optimizer)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -157,12 +207,13 @@ def epoch_row(epoch: int, step: int, method_name: str, lr: float, totals: EpochT
 
 
 def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int,
-                     partial: EpochTotals | None = None) -> dict:
+                     partial: EpochTotals | None = None, scaling: LossScaling | None = None) -> dict:
     """Everything a resumed run needs; epoch counts completed epochs, partial the epoch in progress."""
     return {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "epoch": epoch, "step": step, "partial_epoch": asdict(partial or EpochTotals()),
         "model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "grad_scaler": scaling.state_dict() if scaling is not None else {},
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -225,7 +276,10 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     if ctx.enabled:
         derived.update(parallel)
     model = build_model(cfg.model, data.num_classes, data.input_shape).to(device)
-    methods = MethodSchedule(cfg, derived, ctx.world_size)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    scaling = LossScaling(cfg, device)
+    methods = MethodSchedule(cfg, derived, ctx.world_size, model)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_schedule(cfg.schedule, optimizer, derived["total_steps"])
     loss_fn = per_sample_cross_entropy(cfg.label_smoothing)
@@ -234,6 +288,7 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     state = runs.load_checkpoint(run_dir / "last.pt") if cfg.resume == "auto" else None
     if state is not None:
         epoch, step, partial = restore_state(state, model, optimizer, scheduler)
+        scaling.load_state_dict(state.get("grad_scaler", {}))
         log.info(f"resuming {run_dir} at epoch {epoch + 1}, batch {partial.batches} (step {step})")
     model = dist.wrap(model, ctx, device)
     rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
@@ -253,11 +308,12 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     while epoch < cfg.epochs:
         method = methods.for_epoch(epoch, step)
         partial, step, stopped = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
-                                             data.train, device, progress, step, ctx, partial, preemption)
+                                             data.train, device, progress, step, ctx, partial, preemption,
+                                             scaling)
         if stopped:
             if ctx.is_main:
                 runs.save_checkpoint(run_dir / "last.pt",
-                                     checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, partial))
+                                     checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, partial, scaling))
             preemption.hand_over(f"epoch {epoch + 1}, batch {partial.batches} (step {step})")
         epoch += 1
         row = {**epoch_row(epoch, step, method.name, scheduler.get_last_lr()[0], partial),
@@ -268,7 +324,8 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
             # Metrics first: a kill between the two leaves a row past the checkpoint, which the
             # resumed run drops and recomputes, rather than a checkpoint with a row missing.
             runs.append_metrics(run_dir / "metrics.jsonl", row)
-            runs.save_checkpoint(run_dir / "last.pt", checkpoint_state(cfg, model, optimizer, scheduler, epoch, step))
+            runs.save_checkpoint(run_dir / "last.pt",
+                                 checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, None, scaling))
             runs.write_json(run_dir / "summary.json", summarise(cfg, "running", rows, derived, provenance, run_dir))
             mirror.log(row, step)
         log.info(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
