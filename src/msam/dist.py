@@ -112,4 +112,5 @@ def average_batchnorm(model: torch.nn.Module, ctx: DistContext) -> None:
 
 def shutdown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
+        dist.barrier()  # no process tears the group down while a peer still talks to it
         dist.destroy_process_group()

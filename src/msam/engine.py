@@ -305,32 +305,34 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
 
     progress = Progress(cfg, derived["steps_per_epoch"], step)
     preemption = Preemption().install()
-    while epoch < cfg.epochs:
-        method = methods.for_epoch(epoch, step)
-        partial, step, stopped = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
-                                             data.train, device, progress, step, ctx, partial, preemption,
-                                             scaling)
-        if stopped:
+    try:
+        while epoch < cfg.epochs:
+            method = methods.for_epoch(epoch, step)
+            partial, step, stopped = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
+                                                 data.train, device, progress, step, ctx, partial, preemption,
+                                                 scaling)
+            if stopped:
+                if ctx.is_main:
+                    runs.save_checkpoint(run_dir / "last.pt",
+                                         checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, partial, scaling))
+                preemption.hand_over(f"epoch {epoch + 1}, batch {partial.batches} (step {step})")
+            epoch += 1
+            row = {**epoch_row(epoch, step, method.name, scheduler.get_last_lr()[0], partial),
+                   **evaluate(model, data.test, device, cfg.precision, ctx)}
+            partial = EpochTotals()
+            rows.append(row)
             if ctx.is_main:
+                # Metrics first: a kill between the two leaves a row past the checkpoint, which the
+                # resumed run drops and recomputes, rather than a checkpoint with a row missing.
+                runs.append_metrics(run_dir / "metrics.jsonl", row)
                 runs.save_checkpoint(run_dir / "last.pt",
-                                     checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, partial, scaling))
-            preemption.hand_over(f"epoch {epoch + 1}, batch {partial.batches} (step {step})")
-        epoch += 1
-        row = {**epoch_row(epoch, step, method.name, scheduler.get_last_lr()[0], partial),
-               **evaluate(model, data.test, device, cfg.precision, ctx)}
-        partial = EpochTotals()
-        rows.append(row)
-        if ctx.is_main:
-            # Metrics first: a kill between the two leaves a row past the checkpoint, which the
-            # resumed run drops and recomputes, rather than a checkpoint with a row missing.
-            runs.append_metrics(run_dir / "metrics.jsonl", row)
-            runs.save_checkpoint(run_dir / "last.pt",
-                                 checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, None, scaling))
-            runs.write_json(run_dir / "summary.json", summarise(cfg, "running", rows, derived, provenance, run_dir))
-            mirror.log(row, step)
-        log.info(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
-                 f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% | {row['seconds']:.1f}s")
-    preemption.uninstall()
+                                     checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, None, scaling))
+                runs.write_json(run_dir / "summary.json", summarise(cfg, "running", rows, derived, provenance, run_dir))
+                mirror.log(row, step)
+            log.info(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
+                     f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% | {row['seconds']:.1f}s")
+    finally:
+        preemption.uninstall()  # also when training raises: no stale handler
     summary = summarise(cfg, "finished", rows, derived, provenance, run_dir)
     if ctx.is_main:
         runs.write_json(run_dir / "summary.json", summary)
