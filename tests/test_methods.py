@@ -212,12 +212,14 @@ def test_vmap_gives_the_loops_direction_and_batchnorm_buffers(m, make, chunk_siz
         assert torch.equal(p, q)  # the weights are never written
 
 
-def test_auto_picks_vmap_for_models_without_batchnorm_and_enough_micro_batches():
+def test_auto_picks_the_loop_on_cpu_and_vmap_on_cuda_without_batchnorm():
     from omegaconf import OmegaConf
 
-    from msam.methods import build_method
+    from msam.methods import auto_implementation, build_method
 
     cfg = OmegaConf.create({"name": "msam", "m": 8, "rho": 0.1, "eps": 1e-12, "impl": "auto"})
-    assert isinstance(build_method(cfg, model=tiny_mlp()), MicroBatchSAMVmap)
-    assert isinstance(build_method(cfg, model=tiny_bn_net()), MicroBatchSAMLoop)
-    assert isinstance(build_method(OmegaConf.merge(cfg, {"m": 4}), model=tiny_mlp()), MicroBatchSAMLoop)
+    assert isinstance(build_method(cfg, model=tiny_mlp()), MicroBatchSAMLoop)  # this CPU
+    assert auto_implementation("cuda", has_batchnorm=False, m=8) == "vmap"
+    assert auto_implementation("cuda", has_batchnorm=True, m=32) == "loop"
+    assert auto_implementation("cuda", has_batchnorm=False, m=4) == "loop"
+    assert auto_implementation("cpu", has_batchnorm=False, m=32) == "loop"

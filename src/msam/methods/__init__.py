@@ -13,18 +13,26 @@ from msam.methods.vanilla import Vanilla
 
 METHOD_NAMES = ("vanilla", "sam", "msam")
 MSAM_IMPLEMENTATIONS = ("loop", "vmap", "auto")
-# impl=auto: vmap for models without BatchNorm (transformers) once m >= AUTO_VMAP_MIN_M, else the
-# loop. On the 2-core CPU the loop beat vmap for BatchNorm CNNs at every m, and vmap beat the loop
-# for a ViT at m = 32 (README, "Performance"). A rule, not a start-up measurement, so that a run and
-# its resumed continuation always use the same implementation.
+# impl=auto, a rule rather than a start-up measurement, so that a run and its resumed
+# continuation always use the same implementation. On a CPU the loop: on the 2-core CPU it beat
+# vmap for ResNet-18 and a small ViT at every m (results/bench/cpu_2core_quick.md). On CUDA,
+# vmap for models without BatchNorm once m >= AUTO_VMAP_MIN_M: many tiny passes leave a GPU idle,
+# while vmap turns them into batched products. The CUDA branch is an expectation, not yet a
+# measurement of ours: run msam-bench on your GPU.
 AUTO_VMAP_MIN_M = 8
+
+
+def auto_implementation(device_type: str, has_batchnorm: bool, m: int) -> str:
+    return "vmap" if device_type == "cuda" and not has_batchnorm and m >= AUTO_VMAP_MIN_M else "loop"
 
 
 def choose_implementation(impl: str, m: int, model) -> str:
     if impl != "auto":
         return impl
-    has_batchnorm = model is not None and any(isinstance(x, _BatchNorm) for x in model.modules())
-    return "vmap" if (not has_batchnorm and m >= AUTO_VMAP_MIN_M) else "loop"
+    if model is None:
+        return "loop"
+    device_type = next(model.parameters()).device.type
+    return auto_implementation(device_type, any(isinstance(x, _BatchNorm) for x in model.modules()), m)
 
 
 def build_method(cfg: DictConfig, processes: int = 1, model=None) -> Method:
