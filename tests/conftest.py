@@ -27,3 +27,27 @@ def make_cfg(tmp_path):
         return cfg
 
     return _make
+
+
+@pytest.fixture
+def train_interrupted(monkeypatch):
+    """train_interrupted(cfg, in_epoch): train cfg, die (KeyboardInterrupt) when epoch number
+    in_epoch starts, then run the same config again, which resumes from last.pt."""
+    from msam import engine
+
+    def _run(cfg, in_epoch: int) -> dict:
+        real, calls = engine.train_epoch, {"n": 0}
+
+        def dies(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == in_epoch:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "train_epoch", dies)
+        with pytest.raises(KeyboardInterrupt):
+            engine.train(cfg)
+        monkeypatch.setattr(engine, "train_epoch", real)
+        return engine.train(cfg)
+
+    return _run

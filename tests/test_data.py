@@ -119,3 +119,31 @@ def test_flip_mirrors_about_half_the_images():
     flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, images)]
     assert all(f or torch.equal(o, i) for f, o, i in zip(flipped, out, images))
     assert 70 < sum(flipped) < 130
+
+
+def test_device_augmentation_has_torchvision_distribution():
+    """Our batched crop/flip draws the same (shift, flip) distribution as torchvision's
+    RandomCrop(padding) + RandomHorizontalFlip: both uniform over the 5 x 5 x 2 cases."""
+    from torchvision import transforms
+
+    image = (1 + torch.arange(64, dtype=torch.float32)).view(1, 8, 8)  # every pixel unique
+    centre, right = image[0, 4, 4].item(), image[0, 4, 5].item()
+
+    def case(out):
+        (r, c), (_, c2) = (out[0] == centre).nonzero()[0].tolist(), (out[0] == right).nonzero()[0].tolist()
+        return r, c, c2 < c  # where the centre went, and whether the image was mirrored
+
+    n = 5000
+    torch.manual_seed(0)
+    reference = transforms.Compose([transforms.RandomCrop(8, padding=2), transforms.RandomHorizontalFlip()])
+    theirs = [case(reference(image)) for _ in range(n)]
+    ours_batch = random_crop_flip(padding=2, flip=True)(image.expand(n, 1, 8, 8), torch.Generator().manual_seed(1))
+    ours = [case(out) for out in ours_batch]
+    cells = sorted(set(theirs) | set(ours))
+    assert len(cells) == 50
+    expected = n / 50
+    for sample in (theirs, ours):
+        chi2 = sum((sample.count(cell) - expected) ** 2 / expected for cell in cells)
+        assert chi2 < 90  # 49 degrees of freedom: p < 0.001 beyond ~85
+    two_sample = sum((theirs.count(c) - ours.count(c)) ** 2 / (theirs.count(c) + ours.count(c)) for c in cells)
+    assert two_sample < 90

@@ -47,26 +47,12 @@ def test_a_finished_run_is_not_trained_again(make_cfg, monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["sam", "msam"])
-def test_resume_after_an_interruption_ends_bit_identical(make_cfg, tmp_path, monkeypatch, method):
+def test_resume_after_an_interruption_ends_bit_identical(make_cfg, tmp_path, train_interrupted, method):
     uninterrupted = make_cfg(f"method={method}", "method.m=1" if method == "sam" else "method.m=4", "epochs=3")
     engine.train(uninterrupted)
-
     interrupted = uninterrupted.copy()
     interrupted.paths.runs = str(tmp_path / "interrupted")
-    real_train_epoch = engine.train_epoch
-    calls = {"n": 0}
-
-    def dies_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_epoch", dies_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(interrupted)
-    monkeypatch.setattr(engine, "train_epoch", real_train_epoch)
-    summary = engine.train(interrupted)  # resume=auto: continues from last.pt
+    summary = train_interrupted(interrupted, in_epoch=2)
 
     a, b = weights(runs.run_dir_for(uninterrupted)), weights(runs.run_dir_for(interrupted))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -34,25 +34,13 @@ def test_before_the_switch_the_run_is_exactly_the_first_method(make_cfg):
     assert metrics(hybrid)[1]["train_loss"] != metrics(pure)[1]["train_loss"]
 
 
-def test_resume_across_the_switch_is_bit_identical(make_cfg, tmp_path, monkeypatch):
+def test_resume_across_the_switch_is_bit_identical(make_cfg, tmp_path, train_interrupted):
     overrides = ("method=vanilla", "switch=to_msam", "switch.then.m=4", "switch.fraction=0.34", "epochs=3")
     whole = make_cfg(*overrides)
     engine.train(whole)
     interrupted = make_cfg(*overrides)
     interrupted.paths.runs = str(tmp_path / "interrupted")
-    real, calls = engine.train_epoch, {"n": 0}
-
-    def dies_after_the_switch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_epoch", dies_after_the_switch)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(interrupted)
-    monkeypatch.setattr(engine, "train_epoch", real)
-    engine.train(interrupted)
+    train_interrupted(interrupted, in_epoch=3)  # dies after the switch
     a = torch.load(runs.run_dir_for(whole) / "last.pt", weights_only=True)["model"]
     b = torch.load(runs.run_dir_for(interrupted) / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -25,11 +25,8 @@ import torch.distributed as torch_dist
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from msam.dist import unwrap
 from msam.methods.base import LossFn
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def running_stat_names(model: torch.nn.Module) -> list[str]:
