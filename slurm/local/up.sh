@@ -8,7 +8,9 @@ set -eu
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 state=${MSAM_SLURM_STATE:-/tmp/msam-slurm}
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null
+  packages="slurmctld slurmd slurm-client munge"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $packages >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $packages >/dev/null; }
 fi
 mkdir -p "$state"/{spool,ctld,log,bin} /run/munge /etc/munge /etc/slurm
 node=$(hostname -s)
