@@ -4,6 +4,7 @@ a wandb failure never stops a run."""
 import json
 import logging
 import sys
+import time
 import types
 
 import pytest
@@ -43,19 +44,37 @@ def wandb_records(path):
     return records
 
 
+def finished_records(offline_dir, timeout_s=120):
+    """The records of a finished offline run. wandb's service writes the file on its own
+    schedule, so a loaded machine can show it before its last blocks land: wait for the exit record."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = list(offline_dir.glob("*.wandb"))
+        records = wandb_records(files[0]) if files else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            kinds = [r.WhichOneof("record_type") for r in records]
+            assert "exit" in kinds, f"{offline_dir} has no exit record after {timeout_s} s: {kinds}"
+            return records
+        time.sleep(0.5)
+
+
+def item_key(item):
+    return item.key or "/".join(item.nested_key)
+
+
 def logged(offline_dir):
     """What a run sent: its config, its history rows and its summary, as Python values."""
     config, history, summary = {}, [], {}
-    for record in wandb_records(next(offline_dir.glob("*.wandb"))):
+    for record in finished_records(offline_dir):
         kind = record.WhichOneof("record_type")
         if kind in ("run", "config"):  # the config comes with the run record, updates as config records
             updates = record.run.config.update if kind == "run" else record.config.update
-            config.update({item.key: json.loads(item.value_json) for item in updates})
+            config.update({item_key(item): json.loads(item.value_json) for item in updates})
         elif kind == "history":
-            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            history.append({item_key(item): json.loads(item.value_json)
                             for item in record.history.item})
         elif kind == "summary":
-            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            summary.update({item_key(item): json.loads(item.value_json)
                             for item in record.summary.update})
     return config, history, summary
 
