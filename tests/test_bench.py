@@ -12,10 +12,10 @@ from msam.bench import markdown, run_bench
 def test_bench_rows_have_ratios_for_every_method(tmp_path):
     cfg = OmegaConf.create({"models": ["vit_small"], "batch_sizes": [8], "ms": [1, 2, 4], "impls": ["loop", "vmap"],
                             "repeats": 1, "warmup": 0, "rho": 0.05, "num_classes": 10, "image_size": 32,
-                            "device": "cpu", "seed": 0, "name": "t"})
+                            "device": "cpu", "seed": 0, "name": "t", "baselines": ["vanilla", "sam", "rwsam"]})
     rows = run_bench(cfg)
-    assert [(r["impl"], r["m"]) for r in rows] == [("vanilla", 1), ("sam", 1), ("loop", 2), ("vmap", 2), ("loop", 4),
-                                                   ("vmap", 4)]
+    assert [(r["impl"], r["m"]) for r in rows] == [("vanilla", 1), ("sam", 1), ("rwsam", 1), ("loop", 2), ("vmap", 2),
+                                                   ("loop", 4), ("vmap", 4)]
     sam = rows[1]
     assert sam["ratio_vs_sam"] == 1.0 and sam["ratio_vs_vanilla"] == sam["ms"] / rows[0]["ms"]
     assert all(r["min_ms"] <= r["ms"] <= r["max_ms"] and r["device"].startswith("cpu") for r in rows)
@@ -28,6 +28,6 @@ def test_cli_writes_json_and_markdown(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     payload = json.loads((tmp_path / "smoke.json").read_text())
-    assert {r["impl"] for r in payload["rows"]} == {"vanilla", "sam", "loop", "vmap"}
+    assert {r["impl"] for r in payload["rows"]} == {"vanilla", "sam", "rwsam", "loop", "vmap"}
     assert set(payload["rows"][0]) >= {"model", "B", "m", "impl", "ms", "ratio_vs_sam", "ratio_vs_vanilla", "device"}
     assert (tmp_path / "smoke.md").read_text().startswith("# msam-bench `smoke`")

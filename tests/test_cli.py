@@ -11,7 +11,7 @@ BAD_INPUTS = {
     "negative rho": (["method=sam", "method.rho=-0.1"], "method.rho must be a number >= 0"),
     "unknown dataset": (["dataset=mnist"], "unknown dataset 'mnist'; valid: cifar10, cifar100, digits"),
     "unknown model": (["model=resnet7"], "unknown model 'resnet7'; valid:"),
-    "unknown method": (["method=adam"], "unknown method 'adam'; valid: msam, sam, vanilla"),
+    "unknown method": (["method=adam"], "unknown method 'adam'; valid: asam, msam, rwsam, sam, vanilla"),
     "unknown method in a sweep": (["-m", "method=sam,adam"], "unknown method 'adam'"),
     "missing data": (["dataset=cifar10", "model=resnet18"], "cifar10 not found: looked for"),
     "epochs below one": (["epochs=0"], "epochs must be an integer >= 1"),

@@ -217,7 +217,9 @@ def test_auto_picks_the_loop_on_cpu_and_vmap_on_cuda_without_batchnorm():
 
     from msam.methods import auto_implementation, build_method
 
-    cfg = OmegaConf.create({"name": "msam", "m": 8, "rho": 0.1, "eps": 1e-12, "impl": "auto"})
+    from msam.train import CONF_DIR
+
+    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / "msam.yaml"), {"m": 8, "impl": "auto"})
     assert isinstance(build_method(cfg, model=tiny_mlp()), MicroBatchSAMLoop)  # this CPU
     assert auto_implementation("cuda", has_batchnorm=False, m=8) == "vmap"
     assert auto_implementation("cuda", has_batchnorm=True, m=32) == "loop"

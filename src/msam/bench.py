@@ -19,9 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from msam.engine import per_sample_cross_entropy, pick_device
-from msam.methods.msam_loop import MicroBatchSAMLoop
-from msam.methods.msam_vmap import MicroBatchSAMVmap
-from msam.methods.vanilla import Vanilla
+from msam.methods import build_method
 from msam.models.cifar_resnet import cifar_resnet
 from msam.models.wide_resnet import WideResNet
 from msam.runs import device_description, write_atomic
@@ -38,11 +36,16 @@ def bench_model(name: str, num_classes: int, image_size: int) -> torch.nn.Module
     raise ValueError(f"unknown bench model '{name}'; valid: resnet18, wrn16_8, vit_small")
 
 
-def methods_for(m: int, rho: float, impls) -> dict:
-    methods = {"vanilla": Vanilla(), "sam": MicroBatchSAMLoop(m=1, rho=rho, eps=1e-12, name="sam")}
+def method_config(name: str, rho: float, **values) -> DictConfig:
+    """A method's config from conf/method/<name>.yaml (its documented defaults), rho set."""
+    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml"), {"rho": rho, **values})
+
+
+def methods_for(m: int, rho: float, impls, baselines) -> dict:
+    """The baselines (vanilla, SAM, optionally RW-SAM), then each mSAM implementation at m."""
+    methods = {name: build_method(method_config(name, rho if name != "vanilla" else 0.0)) for name in baselines}
     if m > 1:
-        builders = {"loop": MicroBatchSAMLoop, "vmap": MicroBatchSAMVmap}
-        methods.update({impl: builders[impl](m=m, rho=rho, eps=1e-12) for impl in impls})
+        methods.update({impl: build_method(method_config("msam", rho, m=m, impl=impl)) for impl in impls})
     return methods
 
 
@@ -76,6 +79,8 @@ def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int) -
 
 
 def run_bench(cfg: DictConfig) -> list[dict]:
+    if not {"vanilla", "sam"} <= set(cfg.baselines):
+        raise SystemExit(f"bench: baselines must include vanilla and sam (the ratios' references), got {list(cfg.baselines)}")
     device = pick_device(cfg.device)
     rows = []
     for model_name in cfg.models:
@@ -89,12 +94,12 @@ def run_bench(cfg: DictConfig) -> list[dict]:
             for m in cfg.ms:
                 if batch_size % m:
                     continue
-                timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls), batch, device, cfg.repeats, cfg.warmup)
+                timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls, cfg.baselines), batch, device, cfg.repeats, cfg.warmup)
                 baseline = timed if baseline is None else baseline
                 for impl, t in timed.items():
-                    if impl in ("vanilla", "sam") and m != cfg.ms[0]:
+                    if impl in cfg.baselines and m != cfg.ms[0]:
                         continue  # one vanilla/SAM row per (model, B); the ratios use this round's
-                    rows.append({"model": model_name, "B": batch_size, "m": m if impl not in ("vanilla", "sam") else 1,
+                    rows.append({"model": model_name, "B": batch_size, "m": m if impl not in cfg.baselines else 1,
                                  "impl": impl, **t, "ratio_vs_sam": t["ms"] / timed["sam"]["ms"],
                                  "ratio_vs_vanilla": t["ms"] / timed["vanilla"]["ms"],
                                  "device": device_description(device)})

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from msam.data import check_data
 from msam.errors import ConfigError
-from msam.methods import METHOD_NAMES, MSAM_IMPLEMENTATIONS
+from msam.methods import DESCENT_LOSSES, METHOD_NAMES, MSAM_IMPLEMENTATIONS, NORM_SCALES, PERTURBED, PROBE_BN_MODES
 from msam.models import check_model
 from msam.optim import OPTIMIZER_NAMES
 from msam.schedule import SCHEDULE_NAMES, schedule_steps
@@ -38,11 +38,36 @@ def check_method(method: DictConfig, batch_size: int, key: str = "method") -> No
     require(is_number(method.rho) and method.rho >= 0, f"{key}.rho must be a number >= 0, got {method.rho!r}")
     require(batch_size % method.m == 0,
             f"{key}.m={method.m} does not divide batch_size={batch_size} into equal micro-batches")
-    if method.name in ("vanilla", "sam"):
+    if method.name in ("vanilla", "sam", "asam"):
         require(method.m == 1, f"{key}={method.name} uses one batch (m=1); use msam for m={method.m}")
+    if method.name in PERTURBED:
+        check_perturbation(method, key)
     if method.name == "msam":
         require(method.impl in MSAM_IMPLEMENTATIONS,
                 f"unknown {key}.impl '{method.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
+    if method.name == "rwsam":
+        check_reweighting(method, key)
+
+
+def check_perturbation(method: DictConfig, key: str) -> None:
+    for flag in ("normalize", "adaptive"):
+        require(isinstance(method.get(flag), bool), f"{key}.{flag} must be true or false, got {method.get(flag)!r}")
+    require(is_number(method.eta) and method.eta >= 0, f"{key}.eta must be a number >= 0, got {method.eta!r}")
+    if method.name == "asam":
+        require(method.adaptive, f"{key}=asam is SAM with adaptive=true; use {key}=sam for SAM")
+
+
+def check_reweighting(method: DictConfig, key: str) -> None:
+    require(is_number(method["lambda"]) and method["lambda"] >= 0,
+            f"{key}.lambda must be a number >= 0, got {method['lambda']!r}")
+    require(is_number(method.delta) and method.delta > 0, f"{key}.delta must be > 0, got {method.delta!r}")
+    require(is_int(method.probes) and method.probes >= 1, f"{key}.probes must be an integer >= 1, got {method.probes!r}")
+    require(method.norm_scale in NORM_SCALES,
+            f"unknown {key}.norm_scale '{method.norm_scale}'; valid: {', '.join(NORM_SCALES)}")
+    require(method.probe_bn in PROBE_BN_MODES,
+            f"unknown {key}.probe_bn '{method.probe_bn}'; valid: {', '.join(PROBE_BN_MODES)}")
+    require(method.descent_loss in DESCENT_LOSSES,
+            f"unknown {key}.descent_loss '{method.descent_loss}'; valid: {', '.join(DESCENT_LOSSES)}")
 
 
 def check_switch(cfg: DictConfig) -> None:

@@ -61,6 +61,11 @@ def process_device(device: torch.device, ctx: DistContext) -> torch.device:
 def per_process(cfg, ctx: DistContext) -> dict:
     """Per-process batch and m; a global m or batch that K processes cannot share is an error."""
     k = ctx.world_size
+    if cfg.method.name == "vanilla":  # no micro-batches: plain data parallelism
+        if cfg.batch_size % k != 0:
+            raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {k} processes")
+        return {"processes": k, "effective_batch_size": cfg.batch_size, "batch_size_per_process": cfg.batch_size // k,
+                "m_per_process": 1}
     if cfg.method.m % k != 0:
         raise ConfigError(
             f"method.m={cfg.method.m} is the global number of micro-batches and must be divisible by the "

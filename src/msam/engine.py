@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from msam import dist, runs
 from msam.config import check_config, derived_values
 from msam.data import build_data
-from msam.methods import build_method
+from msam.methods import build_method, method_label
 from msam.methods.params import trainable_parameters
 from msam.mirror import NoMirror, build_mirror
 from msam.models import build_model
@@ -189,8 +189,8 @@ def summarise(cfg, status, rows, derived, provenance, run_dir) -> dict:
     last = rows[-1] if rows else {}
     return {
         "status": status, "run_dir": str(run_dir), "dataset": cfg.dataset.name, "model": cfg.model.name,
-        "method": cfg.method.name, "m": cfg.method.m, "rho": cfg.method.rho, "seed": cfg.seed,
-        "switch_to": cfg.switch.then.name if cfg.switch.then is not None else None,
+        "method": method_label(cfg.method), "m": cfg.method.m, "rho": cfg.method.rho, "seed": cfg.seed,
+        "switch_to": method_label(cfg.switch.then) if cfg.switch.then is not None else None,
         "switch_fraction": cfg.switch.fraction,
         "epochs": cfg.epochs, "epochs_completed": len(rows), "seed_group": runs.seed_group(cfg),
         "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),

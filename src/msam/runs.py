@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from msam.methods import method_label
+
 # Keys that say where things are or how a run is watched, not what is trained: changing
 # them must find the same run directory again.
 NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "preemption_check_every", "dataset.root",
@@ -58,8 +60,8 @@ def run_name(cfg: DictConfig) -> str:
     method = cfg.method
     switch = ""
     if cfg.switch.then is not None:
-        switch = f"_to_{cfg.switch.then.name}_at{format_number(cfg.switch.fraction)}"
-    return (f"{cfg.dataset.name}_{cfg.model.name}_{method.name}_m{method.m}_rho{format_number(method.rho)}"
+        switch = f"_to_{method_label(cfg.switch.then)}_at{format_number(cfg.switch.fraction)}"
+    return (f"{cfg.dataset.name}_{cfg.model.name}_{method_label(method)}_m{method.m}_rho{format_number(method.rho)}"
             f"{switch}_s{cfg.seed}_{config_hash(cfg)}")
 
 

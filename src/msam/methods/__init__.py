@@ -7,11 +7,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from msam.errors import ConfigError
 from msam.methods.base import Method
-from msam.methods.msam_loop import MicroBatchSAMLoop
+from msam.methods.msam_loop import DESCENT_LOSSES, MicroBatchSAMLoop
 from msam.methods.msam_vmap import MicroBatchSAMVmap
+from msam.methods.reweight import NORM_SCALES, PROBE_BN_MODES, GibbsReweighting
 from msam.methods.vanilla import Vanilla
 
-METHOD_NAMES = ("vanilla", "sam", "msam")
+METHOD_NAMES = ("vanilla", "sam", "msam", "asam", "rwsam")
+PERTURBED = ("sam", "msam", "asam", "rwsam")  # methods with an ascent step e(g)
 MSAM_IMPLEMENTATIONS = ("loop", "vmap", "auto")
 # impl=auto, a rule rather than a start-up measurement, so that a run and its resumed
 # continuation always use the same implementation. On a CPU the loop: on the 2-core CPU it beat
@@ -35,19 +37,41 @@ def choose_implementation(impl: str, m: int, model) -> str:
     return auto_implementation(device_type, any(isinstance(x, _BatchNorm) for x in model.modules()), m)
 
 
+def method_label(cfg: DictConfig) -> str:
+    """The method's name in run names, metrics and reports: the config's name, plus the
+    perturbation variant where it is not the name's own (msam-adaptive, sam-unnormalized, ...)."""
+    label = cfg.name
+    if cfg.name in PERTURBED:
+        if cfg.adaptive and cfg.name != "asam":
+            label += "-adaptive"
+        if not cfg.normalize:
+            label += "-unnormalized"
+    return label
+
+
+def perturbation_options(cfg: DictConfig) -> dict:
+    return {"normalize": cfg.normalize, "adaptive": cfg.adaptive, "eta": cfg.eta}
+
+
 def build_method(cfg: DictConfig, processes: int = 1, model=None) -> Method:
     """Build the method named by cfg.name; values were validated by msam.config. Under K
     processes each one runs m / K micro-batches of its share of the batch (msam.dist)."""
+    name = method_label(cfg) if cfg.name in METHOD_NAMES else cfg.name
     if cfg.name == "vanilla":
         return Vanilla()
-    if cfg.name == "sam":
-        return MicroBatchSAMLoop(m=1, rho=cfg.rho, eps=cfg.eps, name="sam")
+    if cfg.name in ("sam", "asam"):
+        return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name, **perturbation_options(cfg))
+    if cfg.name == "rwsam":
+        return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name,
+                                 reweighting=GibbsReweighting.from_config(cfg), descent_loss=cfg.descent_loss,
+                                 **perturbation_options(cfg))
     if cfg.name == "msam":
         impl = choose_implementation(cfg.impl, cfg.m // processes, model)
         if impl == "loop":
-            return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name="msam")
+            return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name,
+                                     **perturbation_options(cfg))
         if impl == "vmap":
             return MicroBatchSAMVmap(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps,
-                                     chunk_size=cfg.get("chunk_size"), name="msam")
+                                     chunk_size=cfg.get("chunk_size"), name=name, **perturbation_options(cfg))
         raise ConfigError(f"unknown method.impl '{cfg.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
     raise ConfigError(f"unknown method '{cfg.name}'; valid: {', '.join(METHOD_NAMES)}")

@@ -27,9 +27,15 @@ class Method(Protocol):
         ...
 
 
-def forward_loss(model: torch.nn.Module, loss_fn: LossFn, inputs: Inputs, targets: torch.Tensor):
-    """Mean loss and logits of one pass; dict inputs are passed as keyword arguments."""
+def forward_per_sample(model: torch.nn.Module, loss_fn: LossFn, inputs: Inputs, targets: torch.Tensor):
+    """Per-sample losses and logits of one pass; dict inputs are passed as keyword arguments."""
     logits = model(**inputs) if isinstance(inputs, dict) else model(inputs)
     if hasattr(logits, "logits"):  # transformers' output objects
         logits = logits.logits
-    return loss_fn(logits, targets).mean(), logits
+    return loss_fn(logits, targets), logits
+
+
+def forward_loss(model: torch.nn.Module, loss_fn: LossFn, inputs: Inputs, targets: torch.Tensor):
+    """Mean loss and logits of one pass."""
+    losses, logits = forward_per_sample(model, loss_fn, inputs, targets)
+    return losses.mean(), logits

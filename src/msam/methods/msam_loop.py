@@ -1,9 +1,12 @@
-"""SAM and mSAM, looping over the m micro-batches (mSAM with m = 1 is SAM).
+"""SAM, mSAM and RW-SAM, looping over the m micro-batches (mSAM with m = 1 is SAM).
 
 For each micro-batch S_j: g_j = grad L_Sj(w), e_j = rho * g_j / (||g_j|| + eps),
 d_j = grad L_Sj(w + e_j); the direction is d = mean_j d_j, accumulated in .grad. The weights
 are restored by copy after each perturbed pass. BatchNorm follows DESIGN.md invariant 4 (see
-batchnorm.py).
+batchnorm.py). The perturbation e(g) may be unnormalized or adaptive (perturbation.py). With a
+reweighting (RW-SAM, reweight.py) the ascent gradient is that of sum_i p_i f_i over the
+micro-batch instead of its mean loss; the descent pass is unchanged unless descent_loss is
+`weighted`.
 
 Under DistributedDataParallel every pass but the last runs inside model.no_sync(), forward
 and backward (DDP decides at forward time): each process perturbs with its own micro-batches,
@@ -18,11 +21,15 @@ from contextlib import nullcontext
 
 import torch
 
-from msam.methods.base import LossFn, forward_loss
+from msam.dist import unwrap
+from msam.methods.base import LossFn, forward_per_sample
 from msam.methods.batch import split_batch
 from msam.methods.batchnorm import RunningStatsAverager, running_stats_frozen
 from msam.methods.params import WeightSnapshot, trainable_parameters, zero_grads
-from msam.methods.perturbation import ascend_
+from msam.methods.perturbation import Perturbation
+from msam.methods.reweight import GibbsReweighting, rng_state
+
+DESCENT_LOSSES = ("mean", "weighted")
 
 
 def no_sync(model: torch.nn.Module):
@@ -37,13 +44,27 @@ def gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tens
 
 
 class MicroBatchSAMLoop:
-    def __init__(self, m: int, rho: float, eps: float, name: str = "msam") -> None:
+    def __init__(self, m: int, rho: float, eps: float, name: str = "msam", normalize: bool = True,
+                 adaptive: bool = False, eta: float = 0.01, reweighting: GibbsReweighting | None = None,
+                 descent_loss: str = "mean") -> None:
         self.name = name
         self.m = m
         self.rho = rho
         self.eps = eps
+        self.perturbation = Perturbation(rho=rho, eps=eps, normalize=normalize, adaptive=adaptive, eta=eta)
+        self.reweighting = reweighting
+        self.descent_loss = descent_loss
         self.snapshot = WeightSnapshot()
         self.bn_stats: RunningStatsAverager | None = None
+
+    def ascent_loss(self, model, loss_fn, inputs, targets):
+        """(loss to ascend on, per-sample weights or None, clean mean loss, logits)."""
+        randomness = rng_state(targets.device) if self.reweighting is not None else None
+        losses, logits = forward_per_sample(model, loss_fn, inputs, targets)
+        if self.reweighting is None:
+            return losses.mean(), None, losses.mean(), logits
+        weights = self.reweighting.ascent_weights(unwrap(model), loss_fn, inputs, targets, losses, randomness)
+        return (weights * losses).sum(), weights, losses.mean(), logits
 
     def __call__(self, model: torch.nn.Module, loss_fn: LossFn, batch):
         params = trainable_parameters(model)
@@ -56,17 +77,18 @@ class MicroBatchSAMLoop:
         micro_batches = split_batch(batch, self.m)
         for j, (inputs, targets) in enumerate(micro_batches):
             with no_sync(model):
-                loss, logits = forward_loss(model, loss_fn, inputs, targets)
-                grads = gradients(loss, params)
+                ascent_loss, weights, loss, logits = self.ascent_loss(model, loss_fn, inputs, targets)
+                grads = gradients(ascent_loss, params)
             self.bn_stats.after_ascent_pass()
             losses.append(loss.detach())
             all_logits.append(logits.detach())
 
-            ascend_(params, grads, self.rho, self.eps)
+            self.perturbation.ascend_(params, grads)
             last = j == len(micro_batches) - 1
             with nullcontext() if last else no_sync(model), running_stats_frozen(model):
-                perturbed_loss, _ = forward_loss(model, loss_fn, inputs, targets)
-                (perturbed_loss / self.m).backward()  # .grad accumulates mean_j d_j
+                perturbed, _ = forward_per_sample(model, loss_fn, inputs, targets)
+                descent = (weights * perturbed).sum() if self.descent_loss == "weighted" else perturbed.mean()
+                (descent / self.m).backward()  # .grad accumulates mean_j d_j
             self.snapshot.restore(params)
         self.bn_stats.end_step()
         for p in params:

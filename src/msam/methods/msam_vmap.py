@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from msam.dist import unwrap
 from msam.methods.base import LossFn
+from msam.methods.perturbation import Perturbation
 
 
 def running_stat_names(model: torch.nn.Module) -> list[str]:
@@ -49,8 +50,10 @@ def to_micro_batches(tensor: torch.Tensor, m: int) -> torch.Tensor:
 
 
 class MicroBatchSAMVmap:
-    def __init__(self, m: int, rho: float, eps: float, chunk_size: int | None = None, name: str = "msam") -> None:
+    def __init__(self, m: int, rho: float, eps: float, chunk_size: int | None = None, name: str = "msam",
+                 normalize: bool = True, adaptive: bool = False, eta: float = 0.01) -> None:
         self.name, self.m, self.rho, self.eps, self.chunk_size = name, m, rho, eps, chunk_size
+        self.perturbation = Perturbation(rho=rho, eps=eps, normalize=normalize, adaptive=adaptive, eta=eta)
 
     def __call__(self, model: torch.nn.Module, loss_fn: LossFn, batch):
         inputs, targets = batch
@@ -78,11 +81,7 @@ class MicroBatchSAMVmap:
         ascent_stats = stacked_stats()
         grads, (losses, logits) = vmap(step, in_dims=(None, 0, 0, 0), randomness="different",
                                        chunk_size=self.chunk_size)(params, ascent_stats, xs, ys)
-        with torch.no_grad():
-            flat = torch.cat([grads[n].reshape(m, -1) for n in names], dim=1)
-            scale = self.rho / (torch.linalg.vector_norm(flat, dim=1) + self.eps)  # one per micro-batch
-            perturbed = {n: params[n].unsqueeze(0) + scale.view(m, *[1] * params[n].dim()) * grads[n]
-                         for n in names}
+        perturbed = self.perturbation.stacked(params, grads, m)
         directions, _ = vmap(step, in_dims=(0, 0, 0, 0), randomness="different",
                              chunk_size=self.chunk_size)(perturbed, stacked_stats(), xs, ys)
         with torch.no_grad():
