@@ -13,10 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
-# Vanilla, SAM and mSAM on scikit-learn's digits, 3 seeds each; the sharpness of every run;
+# Vanilla, SAM, ASAM, RW-SAM and mSAM on scikit-learn's digits, 3 seeds each; the sharpness of every run;
 # then the Table 2-, 4- and 5-style reports (also written to $(DEMO_RUNS)/report/).
 demo: install
-	$(BIN)/msam-train -m method=vanilla,sam,msam seed=0,1,2 paths.runs=$(DEMO_RUNS) log_every_steps=0
+	$(BIN)/msam-train -m method=vanilla,sam,asam,rwsam,msam seed=0,1,2 paths.runs=$(DEMO_RUNS) log_every_steps=0
 	$(BIN)/msam-sharpness runs=$(DEMO_RUNS) max_iter=20 tol=1e-3 trace_probes=20
 	$(BIN)/msam-report table=tab2,tab4,tab5 runs=$(DEMO_RUNS) out=$(DEMO_RUNS)/report
 

@@ -16,6 +16,8 @@ BAD_INPUTS = {
     "missing data": (["dataset=cifar10", "model=resnet18"], "cifar10 not found: looked for"),
     "epochs below one": (["epochs=0"], "epochs must be an integer >= 1"),
     "sam with m": (["method=sam", "method.m=4"], "use msam for m=4"),
+    "asam without adaptive": (["method=asam", "method.adaptive=false"], "method=asam is SAM with adaptive=true"),
+    "rwsam probe mode": (["method=rwsam", "method.probe_bn=eval"], "unknown method.probe_bn 'eval'; valid: batch, running"),
     "bad switch fraction": (["switch=to_vanilla", "switch.fraction=1.5"], "switch.fraction must be in (0, 1)"),
 }
 

@@ -15,6 +15,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from msam import dist
 from msam.methods.msam_loop import MicroBatchSAMLoop
 from msam.methods.msam_vmap import MicroBatchSAMVmap
+from msam.methods.reweight import GibbsReweighting
 
 WORLD = 2
 STEPS = 3
@@ -49,6 +50,25 @@ def train(model, method, batches, ctx=dist.DistContext()):
     return dist.unwrap(model).state_dict()
 
 
+def fixed_rademacher(tensor):
+    """The same probe for every micro-batch and process (it depends on the shape only), so that
+    DDP and one process can be compared exactly; in training every draw is fresh."""
+    gen = torch.Generator().manual_seed(sum(tensor.shape) * 1000 + tensor.dim())
+    return torch.randint(0, 2, tensor.shape, generator=gen).to(tensor.dtype) * 2 - 1
+
+
+def rwsam(m):
+    return MicroBatchSAMLoop(m=m, rho=0.3, eps=1e-12, name="rwsam", reweighting=GibbsReweighting(lam=3.0, delta=1e-6))
+
+
+def build_implementation(variant, m):
+    if variant == "vmap":
+        return MicroBatchSAMVmap(m=m, rho=0.3, eps=1e-12)
+    if variant == "rwsam":
+        return rwsam(m)
+    return MicroBatchSAMLoop(m=m, rho=0.3, eps=1e-12)
+
+
 def worker(rank, port, m_per_process, variant, out_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch_dist.init_process_group("gloo")
@@ -66,6 +86,10 @@ def worker(rank, port, m_per_process, variant, out_path):
             return grads
 
         loop.gradients = averaged
+    if variant == "rwsam":
+        import msam.methods.reweight as reweight
+
+        reweight.rademacher_like = fixed_rademacher
     model = dist.wrap(tiny_bn_net(), ctx, torch.device("cpu"))
     reductions = []
 
@@ -74,8 +98,7 @@ def worker(rank, port, m_per_process, variant, out_path):
         return allreduce_hook(None, bucket)
 
     model.register_comm_hook(None, counting_allreduce)
-    implementation = MicroBatchSAMVmap if variant == "vmap" else MicroBatchSAMLoop
-    state = train(model, implementation(m=m_per_process, rho=0.3, eps=1e-12), global_batches(), ctx)
+    state = train(model, build_implementation(variant, m_per_process), global_batches(), ctx)
     if rank == 0:
         torch.save({"state": state, "reductions": torch.tensor(len(reductions))}, out_path)
     torch_dist.barrier()
@@ -122,6 +145,17 @@ def test_ddp_msam_equals_single_process_msam_with_the_global_m(tmp_path, m_per_p
 def test_ddp_with_the_vmap_implementation_equals_single_process_msam(tmp_path):
     ddp, _ = run_ddp(tmp_path, 2, "vmap")
     assert max_diff(ddp, single_process(WORLD * 2)) < 1e-10
+
+
+def test_ddp_rwsam_reweights_each_device_s_share(tmp_path, monkeypatch):
+    """RW-SAM under K processes follows mSAM's per-device rule: each process weighs and perturbs
+    with its own share of the batch, i.e. RW-SAM with m = K micro-batches in one process."""
+    import msam.methods.reweight as reweight
+
+    monkeypatch.setattr(reweight, "rademacher_like", fixed_rademacher)
+    ddp, _ = run_ddp(tmp_path, 1, "rwsam")
+    assert max_diff(ddp, train(tiny_bn_net(), rwsam(WORLD), global_batches())) < 1e-10
+    assert max_diff(ddp, train(tiny_bn_net(), rwsam(1), global_batches())) > 1e-6
 
 
 def test_only_the_final_direction_is_all_reduced(tmp_path):

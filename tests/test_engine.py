@@ -123,7 +123,60 @@ def test_fp16_skips_a_step_that_overflows_and_lowers_the_scale(make_cfg):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_compiled_model_gives_the_same_training(make_cfg):
+    """torch.compile (aot_eager: dynamo and AOTAutograd without a C++ compiler) within 1e-4 of eager."""
+    plain = engine.train(make_cfg("method=msam", "method.m=4", "epochs=1"))
+    compiled = engine.train(make_cfg("method=msam", "method.m=4", "epochs=1", "compile.enabled=true",
+                                     "compile.backend=aot_eager"))
+    assert abs(plain["train_loss"] - compiled["train_loss"]) < 1e-4
+    assert abs(plain["test_acc"] - compiled["test_acc"]) < 0.3
+    state = torch.load(runs.run_dir_for(make_cfg("method=msam", "method.m=4", "epochs=1", "compile.enabled=true",
+                                                 "compile.backend=aot_eager")) / "last.pt", weights_only=True)
+    assert not any(key.startswith("_orig_mod") for key in state["model"])  # checkpoints load without compile
+
+
 def test_channels_last_gives_the_same_training(make_cfg):
     plain = engine.train(make_cfg("method=msam", "method.m=4", "epochs=1"))
     nhwc = engine.train(make_cfg("method=msam", "method.m=4", "epochs=1", "channels_last=true"))
     assert abs(plain["train_loss"] - nhwc["train_loss"]) < 1e-4
+
+
+@pytest.mark.parametrize("method", [("method=rwsam",), ("method=msam", "method.impl=vmap")])
+def test_compile_refuses_the_methods_that_swap_parameters(make_cfg, method):
+    from msam.config import check_config
+    from msam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compile.enabled=true does not combine"):
+        check_config(make_cfg(*method, "compile.enabled=true"))
+
+
+MMAPPED_AFTER_MALLOC = """
+import ctypes, ctypes.util, sys
+from msam.allocator import tune_glibc_malloc
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype, libc.malloc.restype = MallInfo2, ctypes.c_void_p
+if sys.argv[1] == "tuned":
+    assert tune_glibc_malloc(256 * 2**20, 2**30)
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(64 * 2**20)
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "tuned"])
+def test_glibc_malloc_tuning_keeps_big_blocks_off_mmap(mode):
+    """glibc serves a 64 MiB malloc with mmap by default; tuned, from the heap it keeps."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", MMAPPED_AFTER_MALLOC, mode], capture_output=True, text=True,
+                            check=True)
+    mmapped = int(result.stdout)
+    assert mmapped == 0 if mode == "tuned" else mmapped >= 64 * 2**20
+
+
+def test_allocator_tuning_does_not_change_the_run_directory(make_cfg):
+    assert runs.run_dir_for(make_cfg("cpu_allocator.tune=true")) == runs.run_dir_for(make_cfg())

@@ -7,7 +7,7 @@ import pytest
 from msam import engine
 from msam.report.cli import main
 from msam.report.collect import collect_runs
-from msam.report.tables import accuracy_table, accuracy_vs_m, runtime_table, sharpness_table
+from msam.report.tables import accuracy_table, accuracy_vs_m, runtime_table, rwsam_table, sharpness_table
 
 
 def fixture_run(root, name, *, method, m, seed, acc, seconds, dataset="cifar100", model="resnet50",
@@ -61,6 +61,18 @@ def test_accuracy_table_puts_the_paper_beside_ours_and_lists_missing_rows(fixtur
     assert m16["paper_mean"] != m16["paper_mean"]  # NaN: the paper ran m = 32 only
     assert any("missing: cifar100 resnet50 vanilla m=1 (paper 80.68" in note for note in report.notes)
     assert list(report.display["method"]) == ["sam", "msam", "msam"]
+
+
+def test_rwsam_table_puts_the_poster_beside_ours(tmp_path):
+    root = tmp_path / "runs"
+    fixture_run(root, "rw0", method="rwsam", m=1, seed=0, acc=83.0, seconds=20.0, model="wrn28_10")
+    fixture_run(root, "rw1", method="rwsam", m=1, seed=1, acc=84.0, seconds=20.0, model="wrn28_10")
+    fixture_run(root, "sam0", method="sam", m=1, seed=0, acc=83.0, seconds=17.0, model="wrn28_10")
+    report = rwsam_table(collect_runs(root)[0])
+    rw = report.numbers[report.numbers.method == "rwsam"].iloc[0]
+    assert rw["mean"] == pytest.approx(83.5) and rw["paper_mean"] == 83.52 and rw["difference"] == pytest.approx(-0.02)
+    assert list(report.display["method"]) == ["sam", "rwsam"]
+    assert any("missing: cifar100 wrn28_10 vanilla m=1 (paper 81.55" in note for note in report.notes)
 
 
 def test_sharpness_table_lists_runs_without_sharpness(fixture_runs):

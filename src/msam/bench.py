@@ -18,6 +18,7 @@ import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from msam import allocator
 from msam.engine import per_sample_cross_entropy, pick_device
 from msam.methods import build_method
 from msam.models.cifar_resnet import cifar_resnet
@@ -121,6 +122,7 @@ def markdown(rows: list[dict], cfg) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
 def main(cfg: DictConfig) -> None:
+    allocator.apply(cfg.cpu_allocator)
     rows = run_bench(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

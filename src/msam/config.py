@@ -91,8 +91,24 @@ def check_training(cfg: DictConfig) -> None:
             f"grad_clip_norm must be null or > 0, got {cfg.grad_clip_norm!r}")
     require(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; valid: {', '.join(PRECISIONS)}")
     require(cfg.resume in RESUME_MODES, f"unknown resume '{cfg.resume}'; valid: {', '.join(RESUME_MODES)}")
+    check_compile(cfg)
     require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
             f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+
+
+def check_compile(cfg: DictConfig) -> None:
+    """torch.compile wraps the module's forward; torch.func's functional calls (impl=vmap, RW-SAM's
+    probe) swap its parameters on every call, which a compiled forward would recompile for."""
+    if not cfg.compile.enabled:
+        return
+    for method in (cfg.method, cfg.switch.then):
+        if method is None:
+            continue
+        require(method.name != "rwsam", "compile.enabled=true does not combine with method=rwsam (its probe "
+                "calls the model with swapped parameters); turn one off")
+        require(not (method.name == "msam" and method.impl == "vmap"),
+                "compile.enabled=true does not combine with method.impl=vmap (torch.func over a compiled "
+                "module); use impl=loop")
 
 
 def check_optimisation(cfg: DictConfig) -> None:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from msam import dist, runs
+from msam import allocator, dist, runs
 from msam.config import check_config, derived_values
 from msam.data import build_data
 from msam.methods import build_method, method_label
@@ -205,6 +205,7 @@ def train(cfg: DictConfig) -> dict:
     """Train one run to completion (or continue it) and return its summary. Under torchrun every
     process calls this; only the first writes the run directory and logs."""
     check_config(cfg)
+    allocator.apply(cfg.cpu_allocator)
     device = pick_device(cfg.device)
     ctx = dist.init_distributed(device)
     try:
@@ -234,6 +235,8 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     model = build_model(cfg.model, data.num_classes, data.input_shape).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile.enabled:
+        model.compile(backend=cfg.compile.backend, mode=cfg.compile.mode, dynamic=cfg.compile.dynamic)
     scaling = LossScaling(cfg, device)
     methods = MethodSchedule(cfg, derived, ctx.world_size, model)
     optimizer = build_optimizer(cfg.optim, model)

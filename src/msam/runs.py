@@ -26,7 +26,7 @@ from msam.methods import method_label
 
 # Keys that say where things are or how a run is watched, not what is trained: changing
 # them must find the same run directory again.
-NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "preemption_check_every", "dataset.root",
+NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "preemption_check_every", "cpu_allocator", "dataset.root",
                      "dataset.download", "dataset.num_workers")
 
 

@@ -16,7 +16,7 @@ from msam.report.collect import GROUP_KEYS, mean_std, single_method
 from msam.report.figures import accuracy_vs_m_figure, switching_figure
 from msam.report.paper import load_paper, missing_rows, with_paper
 
-METHOD_ORDER = {"vanilla": 0, "sam": 1, "msam": 2}
+METHOD_ORDER = {"vanilla": 0, "sam": 1, "asam": 2, "rwsam": 3, "msam": 4}
 
 
 @dataclass
@@ -47,9 +47,9 @@ def setting_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return columns.assign(rho=[f"{rho:g}" for rho in columns["rho"]])
 
 
-def accuracy_table(runs: pd.DataFrame) -> Report:
-    """Table 2: test accuracy, mean ± std over seeds, with the paper's number and the difference."""
-    paper = load_paper("tab2_accuracy.csv")
+def accuracy_against(runs: pd.DataFrame, paper_csv: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Test accuracy, mean ± std over seeds, with a published number and the difference."""
+    paper = load_paper(paper_csv)
     numbers = ordered(with_paper(mean_std(single_method(runs), "test_acc"), paper))
     display = setting_columns(numbers).assign(**{
         "test acc (%)": [fmt(r.mean, r.std) for r in numbers.itertuples()],
@@ -57,8 +57,18 @@ def accuracy_table(runs: pd.DataFrame) -> Report:
         "paper": [fmt(r.paper_mean, r.paper_std) for r in numbers.itertuples()],
         "ours − paper": [fmt(d) if not math.isnan(d) else "—" for d in numbers["difference"]],
     })
-    return Report("tab2", "Table 2: test accuracy (%), mean ± std over seeds", numbers, display,
-                  missing_rows(numbers, paper))
+    return numbers, display, missing_rows(numbers, paper)
+
+
+def accuracy_table(runs: pd.DataFrame) -> Report:
+    """Table 2: test accuracy, with the mSAM paper's number beside ours."""
+    return Report("tab2", "Table 2: test accuracy (%), mean ± std over seeds", *accuracy_against(runs, "tab2_accuracy.csv"))
+
+
+def rwsam_table(runs: pd.DataFrame) -> Report:
+    """The RW-SAM poster's accuracy tables (SGD, SAM, RW-SAM), with the poster's number beside ours."""
+    return Report("rwsam", "RW-SAM poster: test accuracy (%), mean ± std over seeds",
+                  *accuracy_against(runs, "rwsam_accuracy.csv"))
 
 
 def sharpness_table(runs: pd.DataFrame) -> Report:
@@ -148,4 +158,4 @@ def switching(runs: pd.DataFrame) -> Report:
 
 
 REPORTS = {"tab2": accuracy_table, "tab4": sharpness_table, "tab5": runtime_table, "fig1": accuracy_vs_m,
-           "figB1": switching}
+           "figB1": switching, "rwsam": rwsam_table}
