@@ -177,11 +177,15 @@ def test_global_m_must_be_divisible_by_the_processes():
 
     from msam.errors import ConfigError
 
-    cfg = OmegaConf.create({"method": {"m": 3}, "batch_size": 12})
+    cfg = OmegaConf.create({"method": {"name": "msam", "m": 3}, "batch_size": 12})
     with pytest.raises(ConfigError, match="method.m=3 is the global number of micro-batches"):
         dist.per_process(cfg, dist.DistContext(0, 2, 0))
-    assert dist.per_process(OmegaConf.create({"method": {"m": 4}, "batch_size": 16}), dist.DistContext(0, 2, 0)) == {
+    assert dist.per_process(OmegaConf.create({"method": {"name": "msam", "m": 4}, "batch_size": 16}),
+                            dist.DistContext(0, 2, 0)) == {
         "processes": 2, "effective_batch_size": 16, "batch_size_per_process": 8, "m_per_process": 2}
+    # vanilla has no micro-batches: plain data parallelism on any number of processes
+    vanilla = OmegaConf.create({"method": {"name": "vanilla", "m": 1}, "batch_size": 12})
+    assert dist.per_process(vanilla, dist.DistContext(0, 3, 0))["batch_size_per_process"] == 4
 
 
 def test_torchrun_trains_one_run_written_once(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from msam.data import check_data
+from msam.data import GLUE_TASKS, check_data
 from msam.errors import ConfigError
 from msam.methods import DESCENT_LOSSES, METHOD_NAMES, MSAM_IMPLEMENTATIONS, NORM_SCALES, PERTURBED, PROBE_BN_MODES
 from msam.models import check_model
@@ -96,6 +96,13 @@ def check_training(cfg: DictConfig) -> None:
             f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
 
 
+def check_pairing(cfg: DictConfig) -> None:
+    """Text data sets go with text models, images with image models."""
+    text_data, text_model = cfg.dataset.name in GLUE_TASKS, cfg.model.arch == "transformers"
+    require(text_data == text_model, f"dataset={cfg.dataset.name} does not go with model={cfg.model.name}: GLUE tasks "
+            f"({', '.join(GLUE_TASKS)}) take a transformers model (model=roberta_base), image data sets the others")
+
+
 def check_compile(cfg: DictConfig) -> None:
     """torch.compile wraps the module's forward; torch.func's functional calls (impl=vmap, RW-SAM's
     probe) swap its parameters on every call, which a compiled forward would recompile for."""
@@ -130,6 +137,7 @@ def check_config(cfg: DictConfig) -> None:
     check_method(cfg.method, cfg.batch_size)
     check_switch(cfg)
     check_optimisation(cfg)
+    check_pairing(cfg)
     check_model(cfg.model)
     check_data(cfg.dataset, cfg.get("smoke"))
 

@@ -16,6 +16,7 @@ from msam.config import check_config, derived_values
 from msam.data import build_data
 from msam.methods import build_method, method_label
 from msam.methods.params import trainable_parameters
+from msam.metrics import confusion_update, from_confusion
 from msam.mirror import NoMirror, build_mirror
 from msam.models import build_model
 from msam.optim import build_optimizer
@@ -38,21 +39,25 @@ def per_sample_cross_entropy(label_smoothing: float):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, precision, ctx: dist.DistContext) -> dict:
-    """Test loss (plain cross-entropy, no label smoothing) and accuracy, in eval mode, summed
-    over the processes' shares of the test set."""
+def evaluate(model, loader, device, precision, ctx: dist.DistContext, num_classes: int, metrics=()) -> dict:
+    """Test loss (plain cross-entropy, no label smoothing), accuracy and the data set's extra
+    metrics (msam.metrics, from a confusion matrix), in eval mode, summed over the processes."""
     model.eval()
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+    confusion = torch.zeros(num_classes, num_classes, device=device, dtype=torch.float64)
     for inputs, targets in loader.epoch(0):
         with autocast(device, precision):
-            logits = model(inputs)
+            logits = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+        logits = logits.logits if hasattr(logits, "logits") else logits
         totals[0] += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         totals[1] += (logits.argmax(1) == targets).sum()
         totals[2] += targets.shape[0]
+        if metrics:
+            confusion_update(confusion, targets, logits.argmax(1))
     model.train()
-    dist.all_reduce_sum([totals], ctx)
+    dist.all_reduce_sum([totals, confusion], ctx)
     loss_sum, correct, count = totals.tolist()
-    return {"test_loss": loss_sum / count, "test_acc": 100.0 * correct / count}
+    return {"test_loss": loss_sum / count, "test_acc": 100.0 * correct / count, **from_confusion(confusion, metrics)}
 
 
 class Progress:
@@ -127,7 +132,7 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
     start = time.perf_counter()
     method_loss_fn = scaling.loss_fn(loss_fn)
     for inputs, targets in loader.epoch(epoch, start_batch=totals.batches):
-        if cfg.channels_last and inputs.dim() == 4:
+        if cfg.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(device, cfg.precision):
             loss, logits = method(model, method_loss_fn, (inputs, targets))
@@ -194,6 +199,7 @@ def summarise(cfg, status, rows, derived, provenance, run_dir) -> dict:
         "switch_fraction": cfg.switch.fraction,
         "epochs": cfg.epochs, "epochs_completed": len(rows), "seed_group": runs.seed_group(cfg),
         "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+        **{key: last[key] for key in ("test_mcc", "test_f1") if key in last},
         "train_acc": last.get("train_acc"), "train_loss": last.get("train_loss"),
         "best_test_acc": max((r["test_acc"] for r in rows), default=None),
         "seconds_per_epoch": sum(r["seconds"] for r in rows) / len(rows) if rows else None,
@@ -232,7 +238,7 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     derived = derived_values(cfg, data.train_size, len(data.train))
     if ctx.enabled:
         derived.update(parallel)
-    model = build_model(cfg.model, data.num_classes, data.input_shape).to(device)
+    model = build_model(cfg.model, data.num_classes, data.input_shape, cfg.get("smoke")).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile.enabled:
@@ -277,7 +283,8 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
                 preemption.hand_over(f"epoch {epoch + 1}, batch {partial.batches} (step {step})")
             epoch += 1
             row = {**epoch_row(epoch, step, method.name, scheduler.get_last_lr()[0], partial),
-                   **evaluate(model, data.test, device, cfg.precision, ctx)}
+                   **evaluate(model, data.test, device, cfg.precision, ctx, data.num_classes,
+                                tuple(cfg.dataset.get("metrics") or ()))}
             partial = EpochTotals()
             rows.append(row)
             if ctx.is_main:
@@ -289,7 +296,9 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
                 runs.write_json(run_dir / "summary.json", summarise(cfg, "running", rows, derived, provenance, run_dir))
                 mirror.log(row, step)
             log.info(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
-                     f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% | {row['seconds']:.1f}s")
+                     f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%"
+                     + "".join(f" {key[5:]} {row[key]:.2f}" for key in ("test_mcc", "test_f1") if key in row)
+                     + f" | {row['seconds']:.1f}s")
     finally:
         preemption.uninstall()  # also when training raises: no stale handler
     summary = summarise(cfg, "finished", rows, derived, provenance, run_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from msam.data.bundle import DataBundle
 from msam.data.cifar import build_cifar, check_cifar
 from msam.data.digits import build_digits
+from msam.data.glue import TASKS as GLUE_TASKS
+from msam.data.glue import build_glue, build_smoke_text, check_glue
 from msam.data.imagenet import build_imagenet, check_imagenet
 from msam.data.synthetic import build_smoke, build_synthetic
 from msam.errors import ConfigError
@@ -15,8 +17,10 @@ BUILDERS = {
     "cifar10": build_cifar,
     "cifar100": build_cifar,
     "imagenet": build_imagenet,
+    **{task: build_glue for task in GLUE_TASKS},
 }
-CHECKERS = {"cifar10": check_cifar, "cifar100": check_cifar, "imagenet": check_imagenet}
+CHECKERS = {"cifar10": check_cifar, "cifar100": check_cifar, "imagenet": check_imagenet,
+            **{task: check_glue for task in GLUE_TASKS}}
 
 
 def check_data(cfg, smoke=None) -> None:
@@ -30,6 +34,8 @@ def check_data(cfg, smoke=None) -> None:
 def build_data(cfg, batch_size: int, eval_batch_size: int, seed: int, device, smoke=None) -> DataBundle:
     """The data set named by cfg, or with smoke (the smoke overlay) synthetic data of its shape."""
     check_data(cfg, smoke)
+    if smoke is not None and cfg.name in GLUE_TASKS:
+        return build_smoke_text(cfg, smoke, batch_size, eval_batch_size, seed, device)
     if smoke is not None:
         return build_smoke(cfg, smoke, batch_size, eval_batch_size, seed, device)
     return BUILDERS[cfg.name](cfg, batch_size, eval_batch_size, seed, device)

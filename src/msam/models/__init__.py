@@ -8,22 +8,28 @@ from msam.errors import ConfigError
 from msam.models.cifar_resnet import cifar_resnet
 from msam.models.pretrained import check_checkpoint, timm_vit, torchvision_model
 from msam.models.small_cnn import small_cnn
+from msam.models.text import check_text_checkpoint, text_classifier
 from msam.models.wide_resnet import WideResNet
 
-ARCHITECTURES = ("small_cnn", "cifar_resnet", "wide_resnet", "torchvision", "timm")
+ARCHITECTURES = ("small_cnn", "cifar_resnet", "wide_resnet", "torchvision", "timm", "transformers")
 
 
 def check_model(cfg) -> None:
     if cfg.arch not in ARCHITECTURES:
         raise ConfigError(f"unknown model.arch '{cfg.arch}'; valid: {', '.join(ARCHITECTURES)}")
-    check_checkpoint(cfg.get("checkpoint"))
+    if cfg.arch == "transformers":
+        check_text_checkpoint(cfg.get("checkpoint"))
+    else:
+        check_checkpoint(cfg.get("checkpoint"))
     if cfg.get("pretrained_required") and cfg.get("checkpoint") is None:
         raise ConfigError(f"model {cfg.name} is fine-tuned from pretrained weights here: give "
                           f"model.checkpoint=PATH (README, 'Models', says how to get them)")
 
 
-def build_model(cfg, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+def build_model(cfg, num_classes: int, input_shape: tuple[int, ...], smoke=None) -> nn.Module:
     check_model(cfg)
+    if cfg.arch == "transformers":
+        return text_classifier(cfg, num_classes, smoke)
     channels = input_shape[0]
     if cfg.arch == "small_cnn":
         return small_cnn(channels, num_classes, cfg.width)

@@ -1,6 +1,6 @@
 """msam-report: the paper's tables and figures from your run directories.
 
-    msam-report table=tab2 runs=runs/ out=results/      (tab2, tab4, tab5, fig1, figB1, rwsam, or all)
+    msam-report table=tab2 runs=runs/ out=results/      (tab2, tab3, tab4, tab5, fig1, figB1, rwsam, or all)
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "epochs", "epochs_completed", "test_acc",
+COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "epochs", "epochs_completed", "test_acc", "test_mcc", "test_f1",
            "best_test_acc", "seconds_per_epoch", "train_seconds", "seed_group", "lambda_max", "trace",
            "switch_to", "switch_fraction", "run_dir"]
 

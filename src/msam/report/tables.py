@@ -71,6 +71,31 @@ def rwsam_table(runs: pd.DataFrame) -> Report:
                   *accuracy_against(runs, "rwsam_accuracy.csv"))
 
 
+GLUE_METRIC = {"cola": "test_mcc"}  # the paper's Table 3: MCC for CoLA, accuracy for the rest
+
+
+def glue_table(runs: pd.DataFrame) -> Report:
+    """Table 3: GLUE dev-set MCC (CoLA) or accuracy, mean ± std over seeds, F1 beside it where
+    measured (MRPC, QQP), the paper's number and the difference."""
+    paper = load_paper("tab3_glue.csv")
+    runs = single_method(runs)
+    runs = runs[runs["dataset"].isin(paper["dataset"].unique())]
+    runs = runs.assign(score=[row[GLUE_METRIC.get(row["dataset"], "test_acc")] for _, row in runs.iterrows()])
+    numbers = with_paper(mean_std(runs, "score"), paper)
+    f1 = mean_std(runs, "test_f1").rename(columns={"mean": "f1_mean", "std": "f1_std", "n": "f1_n"})
+    numbers = ordered(numbers.merge(f1, on=GROUP_KEYS, how="left"))
+    display = setting_columns(numbers).assign(**{
+        "metric": ["MCC" if d in GLUE_METRIC else "acc (%)" for d in numbers["dataset"]],
+        "dev score": [fmt(r.mean, r.std) for r in numbers.itertuples()],
+        "n": numbers["n"].astype(int),
+        "F1": [fmt(r.f1_mean, r.f1_std) for r in numbers.itertuples()],
+        "paper": [fmt(r.paper_mean, r.paper_std) for r in numbers.itertuples()],
+        "ours − paper": [fmt(d) if not math.isnan(d) else "—" for d in numbers["difference"]],
+    })
+    return Report("tab3", "Table 3: GLUE dev set, RoBERTa-base (MCC x 100 for CoLA, accuracy % otherwise)",
+                  numbers, display, missing_rows(numbers, paper))
+
+
 def sharpness_table(runs: pd.DataFrame) -> Report:
     """Table 4: lambda_max (and the Hessian trace) at the final weights, mean ± std over seeds."""
     runs = single_method(runs)
@@ -158,4 +183,4 @@ def switching(runs: pd.DataFrame) -> Report:
 
 
 REPORTS = {"tab2": accuracy_table, "tab4": sharpness_table, "tab5": runtime_table, "fig1": accuracy_vs_m,
-           "figB1": switching, "rwsam": rwsam_table}
+           "figB1": switching, "rwsam": rwsam_table, "tab3": glue_table}
