@@ -10,13 +10,14 @@ from omegaconf import DictConfig
 
 from msam.data import GLUE_TASKS, check_data
 from msam.errors import ConfigError
+from msam.guard import MODES as NONFINITE_MODES
 from msam.methods import DESCENT_LOSSES, METHOD_NAMES, MSAM_IMPLEMENTATIONS, NORM_SCALES, PERTURBED, PROBE_BN_MODES
 from msam.models import check_model
 from msam.optim import OPTIMIZER_NAMES
 from msam.schedule import SCHEDULE_NAMES, schedule_steps
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-RESUME_MODES = ("auto", "never")
+RESUME_MODES = ("auto", "never", "force")
 
 
 def require(condition: bool, message: str) -> None:
@@ -91,6 +92,10 @@ def check_training(cfg: DictConfig) -> None:
             f"grad_clip_norm must be null or > 0, got {cfg.grad_clip_norm!r}")
     require(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; valid: {', '.join(PRECISIONS)}")
     require(cfg.resume in RESUME_MODES, f"unknown resume '{cfg.resume}'; valid: {', '.join(RESUME_MODES)}")
+    require(is_int(cfg.checkpoint_every_steps) and cfg.checkpoint_every_steps >= 0,
+            f"checkpoint_every_steps must be an integer >= 0, got {cfg.checkpoint_every_steps!r}")
+    require(cfg.nonfinite in NONFINITE_MODES,
+            f"unknown nonfinite '{cfg.nonfinite}'; valid: {', '.join(NONFINITE_MODES)}")
     check_compile(cfg)
     require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
             f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")

@@ -11,9 +11,12 @@ from dataclasses import asdict, dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from msam import allocator, dist, runs
+from msam import allocator, checkpoints, dist, runs
 from msam.config import check_config, derived_values
 from msam.data import build_data
+from msam.errors import RunError
+from msam.guard import NonFiniteGuard
+from msam.lock import RunLock
 from msam.methods import build_method, method_label
 from msam.methods.params import trainable_parameters
 from msam.metrics import confusion_update, from_confusion
@@ -106,6 +109,7 @@ class EpochTotals:
     seen: float = 0.0
     seconds: float = 0.0
     batches: int = 0
+    skipped: int = 0  # steps skipped by nonfinite=skip (the same on every process)
 
 
 def stop_requested(preemption: Preemption, ctx: dist.DistContext, step: int, check_every: int) -> bool:
@@ -121,50 +125,70 @@ def stop_requested(preemption: Preemption, ctx: dist.DistContext, step: int, che
 
 def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader, device, progress, step, ctx,
                 totals: EpochTotals, preemption: Preemption, scaling: LossScaling):
-    """Train from batch totals.batches of the epoch to its end, or until a stop is requested.
-    Returns (totals, step, stopped); totals are summed over the processes."""
+    """Train from batch totals.batches of the epoch to its end, to a stop request, or to a due
+    periodic checkpoint. Returns (totals, step, reason) with reason None at the epoch's end,
+    "preempted" or "checkpoint"; totals are summed over the processes."""
     model.train()
     params = trainable_parameters(model)
+    guard = NonFiniteGuard(cfg.nonfinite, model, ctx) if cfg.nonfinite != "off" and scaling.scaler is None else None
     loss_sum = torch.tensor(totals.loss_sum if ctx.is_main else 0.0, device=device, dtype=torch.float64)
     correct = torch.tensor(totals.correct if ctx.is_main else 0.0, device=device, dtype=torch.float64)
     seen = totals.seen if ctx.is_main else 0.0
-    batches, stopped = totals.batches, False
+    batches, skipped, reason = totals.batches, totals.skipped, None
     start = time.perf_counter()
     method_loss_fn = scaling.loss_fn(loss_fn)
     for inputs, targets in loader.epoch(epoch, start_batch=totals.batches):
         if cfg.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if guard is not None:
+            guard.before_step()
         with autocast(device, cfg.precision):
             loss, logits = method(model, method_loss_fn, (inputs, targets))
         if scaling.scaler is not None:  # the method saw scaled losses: the metric comes from the logits
             loss = loss_fn(logits.float(), targets).mean()
         dist.average_batchnorm(model, ctx)
         scaling.unscale(optimizer)
-        if cfg.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm, foreach=True)
-        scaling.step(optimizer)
+        bad = guard.non_finite(loss, params) if guard is not None else None
+        if bad is None:
+            if cfg.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm, foreach=True)
+            scaling.step(optimizer)
+            loss_sum += loss.double() * targets.shape[0]
+            correct += (logits.argmax(1) == targets).sum()
+            seen += targets.shape[0]
+        elif cfg.nonfinite == "stop":
+            raise RunError(f"non-finite {bad} at step {step + 1} (epoch {epoch + 1}, batch {batches + 1}): the run "
+                           "stops, its last good checkpoint kept (nonfinite=skip skips such steps instead)")
+        else:
+            guard.undo()
+            skipped += 1
+            log.warning(f"skipped step {step + 1} (epoch {epoch + 1}, batch {batches + 1}): non-finite {bad} "
+                        f"({skipped} skipped this epoch)")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         batches += 1
-        loss_sum += loss.double() * targets.shape[0]
-        correct += (logits.argmax(1) == targets).sum()
-        seen += targets.shape[0]
         progress.maybe_log(epoch, batches, step, loss_sum, correct, seen, scheduler.get_last_lr()[0])
-        if stop_requested(preemption, ctx, step, cfg.preemption_check_every) and batches < len(loader):
-            stopped = True
-            break
+        if batches < len(loader):
+            if stop_requested(preemption, ctx, step, cfg.preemption_check_every):
+                reason = "preempted"
+                break
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+                reason = "checkpoint"
+                break
     sums = torch.stack([loss_sum, correct, torch.tensor(seen, device=device, dtype=torch.float64)])
     dist.all_reduce_sum([sums], ctx)
     loss_total, correct_total, seen_total = sums.tolist()
     return EpochTotals(loss_total, correct_total, seen_total, totals.seconds + time.perf_counter() - start,
-                       batches), step, stopped
+                       batches, skipped), step, reason
 
 
 def epoch_row(epoch: int, step: int, method_name: str, lr: float, totals: EpochTotals) -> dict:
+    seen = max(totals.seen, 1.0)  # every step of an epoch skipped: no training loss to report
     return {"epoch": epoch, "step": step, "method": method_name, "lr": lr,
-            "train_loss": totals.loss_sum / totals.seen, "train_acc": 100.0 * totals.correct / totals.seen,
-            "seconds": totals.seconds}
+            "train_loss": totals.loss_sum / seen if totals.seen else float("nan"),
+            "train_acc": 100.0 * totals.correct / seen, "seconds": totals.seconds,
+            **({"skipped_steps": totals.skipped} if totals.skipped else {})}
 
 
 def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int,
@@ -229,9 +253,20 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     if cfg.resume == "auto" and previous and previous["status"] == "finished":
         log.info(f"already finished: {run_dir} (test acc {previous['test_acc']:.2f}%)")
         return previous
+    lock = RunLock(run_dir)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        stale = runs.remove_stale_temporaries(run_dir)
+        if stale:
+            log.info(f"removed unfinished writes of a killed process: {', '.join(stale)}")
+    try:
+        return train_run(cfg, device, ctx, run_dir, parallel)
+    finally:
+        lock.release()
 
+
+def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_dir, parallel: dict) -> dict:
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.dataset, cfg.batch_size, cfg.eval_batch_size, cfg.seed, device, cfg.get("smoke"))
     data.shard(ctx.rank, ctx.world_size)
@@ -250,11 +285,12 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     loss_fn = per_sample_cross_entropy(cfg.label_smoothing)
 
     epoch, step, partial = 0, 0, EpochTotals()
-    state = runs.load_checkpoint(run_dir / "last.pt") if cfg.resume == "auto" else None
+    state, path = checkpoints.load(run_dir) if cfg.resume != "never" else (None, None)
     if state is not None:
+        checkpoints.check_same_config(state, path, cfg)
         epoch, step, partial = restore_state(state, model, optimizer, scheduler)
         scaling.load_state_dict(state.get("grad_scaler", {}))
-        log.info(f"resuming {run_dir} at epoch {epoch + 1}, batch {partial.batches} (step {step})")
+        log.info(f"resuming {run_dir} from {path.name} at epoch {epoch + 1}, batch {partial.batches} (step {step})")
     model = dist.wrap(model, ctx, device)
     rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
 
@@ -268,37 +304,45 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
     log.info(f"run {run_dir}: {cfg.method.name} m={cfg.method.m} rho={cfg.method.rho} on {provenance['device']}")
     log.info("derived: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
 
+    def save(epoch_done: int, in_progress: EpochTotals | None) -> None:
+        if ctx.is_main:
+            checkpoints.save(run_dir, checkpoint_state(cfg, model, optimizer, scheduler, epoch_done, step,
+                                                       in_progress, scaling))
+
     progress = Progress(cfg, derived["steps_per_epoch"], step)
     preemption = Preemption().install()
     try:
         while epoch < cfg.epochs:
             method = methods.for_epoch(epoch, step)
-            partial, step, stopped = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
-                                                 data.train, device, progress, step, ctx, partial, preemption,
-                                                 scaling)
-            if stopped:
-                if ctx.is_main:
-                    runs.save_checkpoint(run_dir / "last.pt",
-                                         checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, partial, scaling))
-                preemption.hand_over(f"epoch {epoch + 1}, batch {partial.batches} (step {step})")
+            partial, step, reason = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
+                                                data.train, device, progress, step, ctx, partial, preemption,
+                                                scaling)
+            if reason is not None:  # mid-epoch: a periodic checkpoint or a stop request
+                save(epoch, partial)
+                if reason == "preempted":
+                    preemption.hand_over(f"epoch {epoch + 1}, batch {partial.batches} (step {step})")
+                continue
             epoch += 1
             row = {**epoch_row(epoch, step, method.name, scheduler.get_last_lr()[0], partial),
                    **evaluate(model, data.test, device, cfg.precision, ctx, data.num_classes,
-                                tuple(cfg.dataset.get("metrics") or ()))}
+                              tuple(cfg.dataset.get("metrics") or ()))}
             partial = EpochTotals()
             rows.append(row)
             if ctx.is_main:
                 # Metrics first: a kill between the two leaves a row past the checkpoint, which the
                 # resumed run drops and recomputes, rather than a checkpoint with a row missing.
                 runs.append_metrics(run_dir / "metrics.jsonl", row)
-                runs.save_checkpoint(run_dir / "last.pt",
-                                     checkpoint_state(cfg, model, optimizer, scheduler, epoch, step, None, scaling))
+                save(epoch, None)
                 runs.write_json(run_dir / "summary.json", summarise(cfg, "running", rows, derived, provenance, run_dir))
                 mirror.log(row, step)
             log.info(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
                      f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%"
                      + "".join(f" {key[5:]} {row[key]:.2f}" for key in ("test_mcc", "test_f1") if key in row)
                      + f" | {row['seconds']:.1f}s")
+    except RunError as error:
+        if ctx.is_main:
+            mark_failed(run_dir, summarise(cfg, "failed", rows, derived, provenance, run_dir), error)
+        raise
     finally:
         preemption.uninstall()  # also when training raises: no stale handler
     summary = summarise(cfg, "finished", rows, derived, provenance, run_dir)
@@ -307,3 +351,11 @@ def train_process(cfg: DictConfig, device: torch.device, ctx: dist.DistContext) 
         mirror.summary({k: v for k, v in summary.items() if k not in ("derived", "provenance")})
         mirror.finish()
     return summary
+
+
+def mark_failed(run_dir, summary: dict, error: RunError) -> None:
+    """summary.json says why the run stopped; a disk too full for that leaves the old one."""
+    try:
+        runs.write_json(run_dir / "summary.json", {**summary, "error": str(error)})
+    except RunError:
+        log.warning(f"could not mark {run_dir} failed in summary.json")

@@ -9,24 +9,28 @@ sees half a file.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import platform
 import socket
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from msam.errors import RunError
 from msam.methods import method_label
+
+TMP_PREFIX = "."
 
 # Keys that say where things are or how a run is watched, not what is trained: changing
 # them must find the same run directory again.
-NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "preemption_check_every", "cpu_allocator", "dataset.root",
+NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "preemption_check_every", "cpu_allocator",
+                     "checkpoint_every_steps", "nonfinite", "dataset.root",
                      "dataset.download", "dataset.num_workers")
 
 
@@ -69,13 +73,38 @@ def run_dir_for(cfg: DictConfig) -> Path:
     return Path(cfg.paths.runs) / run_name(cfg)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def write_atomic(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
+    """Write to a temporary file in the same directory, fsync, rename: a reader (or a process
+    killed mid-write) sees the old file or the new one, never half of one. With keep_previous, the
+    old file is moved there just before the rename. A failed write (a full disk) removes the
+    temporary file and raises RunError; the old file is untouched."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            pause = float(os.environ.get("MSAM_FAULT_WRITE_PAUSE", "0"))  # tests: widen the kill window
+            if pause:
+                handle.write(data[:len(data) // 2])
+                handle.flush()
+                time.sleep(pause)
+                handle.write(data[len(data) // 2:])
+            else:
+                handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"could not write {path}: {error.strerror or error}") from None
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[str]:
+    """Temporary files left by a process killed mid-write; their targets are intact."""
+    stale = sorted(run_dir.glob(f"{TMP_PREFIX}*.tmp*"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return [path.name for path in stale]
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -84,18 +113,6 @@ def write_json(path: Path, payload: dict) -> None:
 
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_atomic(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_metrics(path: Path) -> list[dict]:

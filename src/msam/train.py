@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from msam.errors import ConfigError
+from msam.errors import ConfigError, RunError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("dataset", "model", "method", "switch", "optim", "schedule", "logger", "launcher", "experiment",
@@ -29,9 +29,10 @@ def check_group_choices(argv: list[str]) -> None:
                 raise ConfigError(f"unknown {key} '{choice}'; valid: {', '.join(valid)}")
 
 
-def fail(error: ConfigError) -> None:
+def fail(error: ConfigError | RunError) -> None:
+    """One line on stderr; exit 2 for bad input, 1 for a run that could not go on."""
     print(f"msam-train: error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(2 if isinstance(error, ConfigError) else 1)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -40,7 +41,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
     try:
         summary = train(cfg)
-    except ConfigError as error:
+    except (ConfigError, RunError) as error:
         fail(error)
     return summary["test_acc"]
 

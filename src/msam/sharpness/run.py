@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from msam import runs
+from msam import checkpoints, runs
 from msam.data.analysis import analysis_batches
 from msam.engine import per_sample_cross_entropy, pick_device
 from msam.errors import ConfigError
@@ -29,7 +29,7 @@ def load_finished_run(run_dir: Path):
     if summary["status"] != "finished":
         raise ConfigError(f"run is not finished (status {summary['status']!r}): {run_dir}")
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    state = runs.load_checkpoint(run_dir / "last.pt")
+    state, _ = checkpoints.load(run_dir)
     if state is None:
         raise ConfigError(f"no last.pt in {run_dir}")
     return cfg, state
@@ -51,6 +51,9 @@ def measure_run(run_dir: str | Path, *, algorithm: str = "lanczos", max_iter: in
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype '{dtype}'; valid: {', '.join(DTYPES)}")
     cfg, state = load_finished_run(run_dir)
+    if cfg.model.arch == "transformers":
+        raise ConfigError(f"msam-sharpness measures the image classifiers; a GLUE run ({run_dir.name}) is not "
+                          "supported yet")
     torch_device = pick_device(device)
     batches = analysis_batches(cfg.dataset, batch_size, max_samples, seed, torch_device, DTYPES[dtype])
     num_samples = sum(len(targets) for _, targets in batches)
