@@ -9,7 +9,7 @@ BAD_INPUTS = {
     "m does not divide the batch": (["method=msam", "method.m=7"], "does not divide batch_size=64"),
     "m below one": (["method=msam", "method.m=0"], "method.m must be an integer >= 1"),
     "negative rho": (["method=sam", "method.rho=-0.1"], "method.rho must be a number >= 0"),
-    "unknown dataset": (["dataset=mnist"], "unknown dataset 'mnist'; valid: cifar10, cifar100, digits"),
+    "unknown dataset": (["dataset=mnist"], "unknown dataset 'mnist'; valid: cifar10, cifar100, cola, digits"),
     "unknown model": (["model=resnet7"], "unknown model 'resnet7'; valid:"),
     "unknown method": (["method=adam"], "unknown method 'adam'; valid: asam, msam, rwsam, sam, vanilla"),
     "unknown method in a sweep": (["-m", "method=sam,adam"], "unknown method 'adam'"),

@@ -12,7 +12,7 @@ import pytest
 from msam import checkpoints
 from helpers import assert_same_state, command, environment, the_run
 
-KILLS = int(os.environ.get("MSAM_FAULT_KILLS", "6"))
+KILLS = int(os.environ.get("MSAM_FAULT_KILLS", "4"))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_kill_at_random_steps_then_rerun_is_bit_identical(tmp_path, reference):
             kills += 1
             state, _ = checkpoints.load(the_run(runs_dir))
             print(f"kill {kills}: {delay:.2f} s after its first checkpoint; resumes from step {state['step']}")
-    assert kills >= 3
+    assert kills >= min(3, KILLS)
     summary = the_run(runs_dir) / "summary.json"
     assert not summary.exists() or json.loads(summary.read_text())["status"] == "running"  # killed, not finished
     subprocess.run(command(runs_dir), env=environment(), check=True, capture_output=True, timeout=600)
