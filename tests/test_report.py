@@ -7,7 +7,8 @@ import pytest
 from msam import engine
 from msam.report.cli import main
 from msam.report.collect import collect_runs
-from msam.report.tables import accuracy_table, accuracy_vs_m, runtime_table, rwsam_table, sharpness_table
+from msam.report.tables import (accuracy_table, accuracy_vs_m, glue_table, runtime_table, rwsam_table,
+                                sharpness_table)
 
 
 def fixture_run(root, name, *, method, m, seed, acc, seconds, dataset="cifar100", model="resnet50",
@@ -73,6 +74,27 @@ def test_rwsam_table_puts_the_poster_beside_ours(tmp_path):
     assert rw["mean"] == pytest.approx(83.5) and rw["paper_mean"] == 83.52 and rw["difference"] == pytest.approx(-0.02)
     assert list(report.display["method"]) == ["sam", "rwsam"]
     assert any("missing: cifar100 wrn28_10 vanilla m=1 (paper 81.55" in note for note in report.notes)
+
+
+def test_glue_table_reports_mcc_for_cola_and_accuracy_with_f1_for_mrpc(tmp_path):
+    root = tmp_path / "runs"
+    for seed, (mcc, acc) in enumerate([(60.0, 80.0), (62.0, 82.0)]):
+        run = fixture_run(root, f"cola{seed}", method="msam", m=8, seed=seed, acc=acc, seconds=5.0, dataset="cola",
+                          model="roberta_base")
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "test_mcc": mcc}))
+    run = fixture_run(root, "mrpc0", method="sam", m=1, seed=0, acc=90.0, seconds=5.0, dataset="mrpc",
+                      model="roberta_base")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "test_f1": 92.5}))
+    fixture_run(root, "c100", method="sam", m=1, seed=0, acc=81.0, seconds=16.0)  # not a GLUE row
+    report = glue_table(collect_runs(root)[0])
+    cola = report.numbers[report.numbers.dataset == "cola"].iloc[0]
+    assert cola["mean"] == pytest.approx(61.0) and cola["paper_mean"] == 64.57  # MCC, not the 81% accuracy
+    mrpc = report.numbers[report.numbers.dataset == "mrpc"].iloc[0]
+    assert mrpc["mean"] == 90.0 and mrpc["f1_mean"] == 92.5 and mrpc["paper_mean"] == 90.37
+    assert list(report.display["metric"]) == ["MCC", "acc (%)"] and len(report.numbers) == 2
+    assert any("missing: cola roberta_base vanilla m=1" in note for note in report.notes)
 
 
 def test_sharpness_table_lists_runs_without_sharpness(fixture_runs):

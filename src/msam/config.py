@@ -94,6 +94,8 @@ def check_training(cfg: DictConfig) -> None:
     require(cfg.resume in RESUME_MODES, f"unknown resume '{cfg.resume}'; valid: {', '.join(RESUME_MODES)}")
     require(is_int(cfg.checkpoint_every_steps) and cfg.checkpoint_every_steps >= 0,
             f"checkpoint_every_steps must be an integer >= 0, got {cfg.checkpoint_every_steps!r}")
+    require(is_int(cfg.nonfinite_check_every) and cfg.nonfinite_check_every >= 1,
+            f"nonfinite_check_every must be an integer >= 1, got {cfg.nonfinite_check_every!r}")
     require(cfg.nonfinite in NONFINITE_MODES,
             f"unknown nonfinite '{cfg.nonfinite}'; valid: {', '.join(NONFINITE_MODES)}")
     check_compile(cfg)
@@ -106,6 +108,9 @@ def check_pairing(cfg: DictConfig) -> None:
     text_data, text_model = cfg.dataset.name in GLUE_TASKS, cfg.model.arch == "transformers"
     require(text_data == text_model, f"dataset={cfg.dataset.name} does not go with model={cfg.model.name}: GLUE tasks "
             f"({', '.join(GLUE_TASKS)}) take a transformers model (model=roberta_base), image data sets the others")
+    for method in (cfg.method, cfg.switch.then):
+        require(not (text_data and method is not None and method.name == "msam" and method.impl == "vmap"),
+                "method.impl=vmap takes image tensors; GLUE batches (token dicts) run with impl=loop")
 
 
 def check_compile(cfg: DictConfig) -> None:

@@ -130,11 +130,14 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
     "preempted" or "checkpoint"; totals are summed over the processes."""
     model.train()
     params = trainable_parameters(model)
-    guard = NonFiniteGuard(cfg.nonfinite, model, ctx) if cfg.nonfinite != "off" and scaling.scaler is None else None
+    guard = None
+    if cfg.nonfinite != "off" and scaling.scaler is None:
+        guard = NonFiniteGuard(cfg.nonfinite, model, ctx, device)
     loss_sum = torch.tensor(totals.loss_sum if ctx.is_main else 0.0, device=device, dtype=torch.float64)
     correct = torch.tensor(totals.correct if ctx.is_main else 0.0, device=device, dtype=torch.float64)
     seen = totals.seen if ctx.is_main else 0.0
     batches, skipped, reason = totals.batches, totals.skipped, None
+    epoch_start_step = step - totals.batches
     start = time.perf_counter()
     method_loss_fn = scaling.loss_fn(loss_fn)
     for inputs, targets in loader.epoch(epoch, start_batch=totals.batches):
@@ -148,7 +151,11 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
             loss = loss_fn(logits.float(), targets).mean()
         dist.average_batchnorm(model, ctx)
         scaling.unscale(optimizer)
-        bad = guard.non_finite(loss, params) if guard is not None else None
+        bad = None
+        if guard is not None and cfg.nonfinite == "skip":
+            bad = guard.non_finite_now(loss, params)
+        elif guard is not None:
+            guard.record(loss, params, step + 1)
         if bad is None:
             if cfg.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm, foreach=True)
@@ -156,9 +163,6 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
             loss_sum += loss.double() * targets.shape[0]
             correct += (logits.argmax(1) == targets).sum()
             seen += targets.shape[0]
-        elif cfg.nonfinite == "stop":
-            raise RunError(f"non-finite {bad} at step {step + 1} (epoch {epoch + 1}, batch {batches + 1}): the run "
-                           "stops, its last good checkpoint kept (nonfinite=skip skips such steps instead)")
         else:
             guard.undo()
             skipped += 1
@@ -168,6 +172,8 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
         optimizer.zero_grad(set_to_none=True)
         step += 1
         batches += 1
+        if guard is not None and cfg.nonfinite == "stop" and step % cfg.nonfinite_check_every == 0:
+            guard.raise_if_recorded(epoch, epoch_start_step)
         progress.maybe_log(epoch, batches, step, loss_sum, correct, seen, scheduler.get_last_lr()[0])
         if batches < len(loader):
             if stop_requested(preemption, ctx, step, cfg.preemption_check_every):
@@ -176,6 +182,8 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
                 reason = "checkpoint"
                 break
+    if guard is not None and cfg.nonfinite == "stop":
+        guard.raise_if_recorded(epoch, epoch_start_step)  # nothing non-finite is ever saved
     sums = torch.stack([loss_sum, correct, torch.tensor(seen, device=device, dtype=torch.float64)])
     dist.all_reduce_sum([sums], ctx)
     loss_total, correct_total, seen_total = sums.tolist()
