@@ -58,7 +58,7 @@ def evaluate(model, loader, device, precision, ctx: dist.DistContext, num_classe
         if metrics:
             confusion_update(confusion, targets, logits.argmax(1))
     model.train()
-    dist.all_reduce_sum([totals, confusion], ctx)
+    dist.all_reduce_sum([totals, confusion] if metrics else [totals], ctx)
     loss_sum, correct, count = totals.tolist()
     return {"test_loss": loss_sum / count, "test_acc": 100.0 * correct / count, **from_confusion(confusion, metrics)}
 

@@ -56,7 +56,7 @@ def perturbation_options(cfg: DictConfig) -> dict:
 def build_method(cfg: DictConfig, processes: int = 1, model=None) -> Method:
     """Build the method named by cfg.name; values were validated by msam.config. Under K
     processes each one runs m / K micro-batches of its share of the batch (msam.dist)."""
-    name = method_label(cfg) if cfg.name in METHOD_NAMES else cfg.name
+    name = method_label(cfg)
     if cfg.name == "vanilla":
         return Vanilla()
     if cfg.name in ("sam", "asam"):

@@ -27,11 +27,6 @@ class Perturbation:
     adaptive: bool = False
     eta: float = 0.01
 
-    @classmethod
-    def from_config(cls, method) -> "Perturbation":
-        return cls(rho=method.rho, eps=method.eps, normalize=method.get("normalize", True),
-                   adaptive=method.get("adaptive", False), eta=method.get("eta", 0.01))
-
     @torch.no_grad()
     def ascend_(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """Move params in place to w + e(g). The grads are overwritten with e (callers discard
