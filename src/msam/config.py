@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from msam.data import GLUE_TASKS, check_data
+from msam.dist import BACKENDS as DIST_BACKENDS
 from msam.errors import ConfigError
 from msam.guard import MODES as NONFINITE_MODES
 from msam.methods import DESCENT_LOSSES, METHOD_NAMES, MSAM_IMPLEMENTATIONS, NORM_SCALES, PERTURBED, PROBE_BN_MODES
@@ -98,6 +99,9 @@ def check_training(cfg: DictConfig) -> None:
             f"nonfinite_check_every must be an integer >= 1, got {cfg.nonfinite_check_every!r}")
     require(cfg.nonfinite in NONFINITE_MODES,
             f"unknown nonfinite '{cfg.nonfinite}'; valid: {', '.join(NONFINITE_MODES)}")
+    require(isinstance(cfg.tf32, bool), f"tf32 must be true or false, got {cfg.tf32!r}")
+    require(cfg.dist_backend in DIST_BACKENDS,
+            f"unknown dist_backend '{cfg.dist_backend}'; valid: {', '.join(DIST_BACKENDS)}")
     check_compile(cfg)
     require(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"),
             f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")

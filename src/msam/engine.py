@@ -23,7 +23,8 @@ from msam.metrics import confusion_update, from_confusion
 from msam.mirror import NoMirror, build_mirror
 from msam.models import build_model
 from msam.optim import build_optimizer
-from msam.precision import LossScaling, autocast
+from msam import precision as precisions
+from msam.precision import Precision
 from msam.preemption import Preemption
 from msam.schedule import build_schedule
 
@@ -42,14 +43,14 @@ def per_sample_cross_entropy(label_smoothing: float):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, precision, ctx: dist.DistContext, num_classes: int, metrics=()) -> dict:
+def evaluate(model, loader, device, precision: Precision, ctx: dist.DistContext, num_classes: int, metrics=()) -> dict:
     """Test loss (plain cross-entropy, no label smoothing), accuracy and the data set's extra
     metrics (msam.metrics, from a confusion matrix), in eval mode, summed over the processes."""
     model.eval()
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
     confusion = torch.zeros(num_classes, num_classes, device=device, dtype=torch.float64)
     for inputs, targets in loader.epoch(0):
-        with autocast(device, precision):
+        with precision.forward():
             logits = model(**inputs) if isinstance(inputs, dict) else model(inputs)
         logits = logits.logits if hasattr(logits, "logits") else logits
         totals[0] += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
@@ -84,9 +85,10 @@ class Progress:
 class MethodSchedule:
     """The method of each epoch: cfg.method, or with a switch, cfg.switch.then from switch_epoch on."""
 
-    def __init__(self, cfg: DictConfig, derived: dict, processes: int, model) -> None:
-        self.first = build_method(cfg.method, processes, model)
-        self.then = build_method(cfg.switch.then, processes, model) if cfg.switch.then is not None else None
+    def __init__(self, cfg: DictConfig, derived: dict, processes: int, model, precision: Precision) -> None:
+        self.first = build_method(cfg.method, processes, model, precision)
+        self.then = (build_method(cfg.switch.then, processes, model, precision)
+                     if cfg.switch.then is not None else None)
         for method in (self.first, self.then):
             if method is not None and method.name == "msam":
                 log.info(f"mSAM implementation: {type(method).__name__} ({cfg.method.get('impl', 'loop')} requested)")
@@ -118,39 +120,34 @@ def stop_requested(preemption: Preemption, ctx: dist.DistContext, step: int, che
         return preemption.requested
     if step % check_every != 0:
         return False
-    flag = torch.tensor([float(preemption.requested)])
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
+    return dist.any_flag(preemption.requested, ctx)
 
 
 def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader, device, progress, step, ctx,
-                totals: EpochTotals, preemption: Preemption, scaling: LossScaling):
+                totals: EpochTotals, preemption: Preemption, precision: Precision):
     """Train from batch totals.batches of the epoch to its end, to a stop request, or to a due
     periodic checkpoint. Returns (totals, step, reason) with reason None at the epoch's end,
     "preempted" or "checkpoint"; totals are summed over the processes."""
     model.train()
     params = trainable_parameters(model)
     guard = None
-    if cfg.nonfinite != "off" and scaling.scaler is None:
-        guard = NonFiniteGuard(cfg.nonfinite, model, ctx, device)
+    if cfg.nonfinite != "off":  # under fp16 the scaler owns overflowing directions; the guard the loss
+        guard = NonFiniteGuard(cfg.nonfinite, model, ctx, device, watch_direction=precision.scaler is None)
     loss_sum = torch.tensor(totals.loss_sum if ctx.is_main else 0.0, device=device, dtype=torch.float64)
     correct = torch.tensor(totals.correct if ctx.is_main else 0.0, device=device, dtype=torch.float64)
     seen = totals.seen if ctx.is_main else 0.0
     batches, skipped, reason = totals.batches, totals.skipped, None
     epoch_start_step = step - totals.batches
     start = time.perf_counter()
-    method_loss_fn = scaling.loss_fn(loss_fn)
     for inputs, targets in loader.epoch(epoch, start_batch=totals.batches):
         if cfg.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         if guard is not None:
             guard.before_step()
-        with autocast(device, cfg.precision):
-            loss, logits = method(model, method_loss_fn, (inputs, targets))
-        if scaling.scaler is not None:  # the method saw scaled losses: the metric comes from the logits
-            loss = loss_fn(logits.float(), targets).mean()
+        # No autocast region here: the method opens one per forward pass (msam.precision).
+        loss, logits = method(model, loss_fn, (inputs, targets))
         dist.average_batchnorm(model, ctx)
-        scaling.unscale(optimizer)
+        precision.unscale_optimizer_(optimizer)
         bad = None
         if guard is not None and cfg.nonfinite == "skip":
             bad = guard.non_finite_now(loss, params)
@@ -159,7 +156,7 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
         if bad is None:
             if cfg.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm, foreach=True)
-            scaling.step(optimizer)
+            precision.step(optimizer)
             loss_sum += loss.double() * targets.shape[0]
             correct += (logits.argmax(1) == targets).sum()
             seen += targets.shape[0]
@@ -200,13 +197,13 @@ def epoch_row(epoch: int, step: int, method_name: str, lr: float, totals: EpochT
 
 
 def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int,
-                     partial: EpochTotals | None = None, scaling: LossScaling | None = None) -> dict:
+                     partial: EpochTotals | None = None, precision: Precision | None = None) -> dict:
     """Everything a resumed run needs; epoch counts completed epochs, partial the epoch in progress."""
     return {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "epoch": epoch, "step": step, "partial_epoch": asdict(partial or EpochTotals()),
         "model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "grad_scaler": scaling.state_dict() if scaling is not None else {},
+        "grad_scaler": precision.state_dict() if precision is not None else {},
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -244,10 +241,10 @@ def train(cfg: DictConfig) -> dict:
     process calls this; only the first writes the run directory and logs."""
     check_config(cfg)
     allocator.apply(cfg.cpu_allocator)
-    device = pick_device(cfg.device)
-    ctx = dist.init_distributed(device)
+    precisions.set_tf32(cfg.tf32)
+    ctx = dist.init_distributed(pick_device(cfg.device), cfg.dist_backend)
     try:
-        return train_process(cfg, dist.process_device(device, ctx), ctx)
+        return train_process(cfg, ctx.device, ctx)
     finally:
         dist.shutdown(ctx)
 
@@ -286,8 +283,8 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile.enabled:
         model.compile(backend=cfg.compile.backend, mode=cfg.compile.mode, dynamic=cfg.compile.dynamic)
-    scaling = LossScaling(cfg, device)
-    methods = MethodSchedule(cfg, derived, ctx.world_size, model)
+    precision = Precision.from_config(cfg, device)
+    methods = MethodSchedule(cfg, derived, ctx.world_size, model, precision)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_schedule(cfg.schedule, optimizer, derived["total_steps"])
     loss_fn = per_sample_cross_entropy(cfg.label_smoothing)
@@ -297,12 +294,12 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
     if state is not None:
         checkpoints.check_same_config(state, path, cfg)
         epoch, step, partial = restore_state(state, model, optimizer, scheduler)
-        scaling.load_state_dict(state.get("grad_scaler", {}))
+        precision.load_state_dict(state.get("grad_scaler", {}))
         log.info(f"resuming {run_dir} from {path.name} at epoch {epoch + 1}, batch {partial.batches} (step {step})")
     model = dist.wrap(model, ctx, device)
     rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
 
-    provenance = runs.provenance(device)
+    provenance = {**runs.provenance(device), "precision": precisions.settings(cfg)}
     mirror = NoMirror()
     if ctx.is_main:
         runs.rewrite_metrics(run_dir / "metrics.jsonl", rows)
@@ -315,7 +312,7 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
     def save(epoch_done: int, in_progress: EpochTotals | None) -> None:
         if ctx.is_main:
             checkpoints.save(run_dir, checkpoint_state(cfg, model, optimizer, scheduler, epoch_done, step,
-                                                       in_progress, scaling))
+                                                       in_progress, precision))
 
     progress = Progress(cfg, derived["steps_per_epoch"], step)
     preemption = Preemption().install()
@@ -324,7 +321,7 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
             method = methods.for_epoch(epoch, step)
             partial, step, reason = train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler,
                                                 data.train, device, progress, step, ctx, partial, preemption,
-                                                scaling)
+                                                precision)
             if reason is not None:  # mid-epoch: a periodic checkpoint or a stop request
                 save(epoch, partial)
                 if reason == "preempted":
@@ -332,7 +329,7 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
                 continue
             epoch += 1
             row = {**epoch_row(epoch, step, method.name, scheduler.get_last_lr()[0], partial),
-                   **evaluate(model, data.test, device, cfg.precision, ctx, data.num_classes,
+                   **evaluate(model, data.test, device, precision, ctx, data.num_classes,
                               tuple(cfg.dataset.get("metrics") or ()))}
             partial = EpochTotals()
             rows.append(row)

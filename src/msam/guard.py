@@ -7,8 +7,9 @@ nonfinite_check_every steps and before anything is saved (periodic checkpoint, e
 a non-finite state never reaches a checkpoint and the message names the exact step. skip has
 to decide before the optimizer step, so it reads the flag at every step (one small sync), and
 restores the floating buffers (BatchNorm's running statistics), which the step's forward passes
-already updated. Under fp16 the GradScaler does this job (it skips steps whose gradients
-overflow), so the guard is off there.
+already updated. Under fp16 the GradScaler owns the direction (it skips steps whose gradients
+overflow and lowers its scale), so there the guard watches the loss only: a non-finite loss is
+a broken forward pass, which no loss scale repairs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as torch_dist
 
+from msam import dist
 from msam.dist import DistContext
 from msam.errors import RunError
 
@@ -25,16 +27,16 @@ NEVER = 2**62
 
 
 class NonFiniteGuard:
-    def __init__(self, mode: str, model: torch.nn.Module, ctx: DistContext, device: torch.device) -> None:
-        self.mode, self.ctx = mode, ctx
+    def __init__(self, mode: str, model: torch.nn.Module, ctx: DistContext, device: torch.device,
+                 watch_direction: bool = True) -> None:
+        self.mode, self.ctx, self.watch_direction = mode, ctx, watch_direction
         self.first_bad = torch.full((), NEVER, dtype=torch.long, device=device)  # global step, 1-based
         self.kind = torch.zeros((), dtype=torch.long, device=device)
         self.buffers = [b for b in model.buffers() if b.is_floating_point()] if mode == "skip" else []
         self.saved = [torch.empty_like(b) for b in self.buffers]
 
-    @staticmethod
-    def flags(loss: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        grads = [p.grad for p in params if p.grad is not None]
+    def flags(self, loss: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        grads = [p.grad for p in params if p.grad is not None] if self.watch_direction else []
         direction = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(1, device=loss.device)
         return (~torch.isfinite(loss.detach().float())).any(), (~torch.isfinite(direction)).any()
 
@@ -48,8 +50,7 @@ class NonFiniteGuard:
     def raise_if_recorded(self, epoch: int, epoch_start_step: int) -> None:
         """One host sync (and, under DDP, one all-reduce): RunError if a step was non-finite."""
         values = torch.stack([self.first_bad, -self.kind])
-        if self.ctx.enabled:
-            torch_dist.all_reduce(values, op=torch_dist.ReduceOp.MIN)
+        dist.all_reduce_([values], self.ctx, torch_dist.ReduceOp.MIN)
         step, kind = values.tolist()
         if step != NEVER:
             raise self.error(KINDS[-kind], step, epoch, step - epoch_start_step)
@@ -57,8 +58,7 @@ class NonFiniteGuard:
     def non_finite_now(self, loss: torch.Tensor, params: list[torch.Tensor]) -> str | None:
         """skip mode: 'loss' or 'update direction' if this step is non-finite (one host sync)."""
         flags = torch.stack(self.flags(loss, params)).float()
-        if self.ctx.enabled:
-            torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+        dist.all_reduce_([flags], self.ctx, torch_dist.ReduceOp.MAX)
         loss_bad, direction_bad = flags.tolist()
         return "loss" if loss_bad else "update direction" if direction_bad else None
 

@@ -11,6 +11,7 @@ from msam.methods.msam_loop import DESCENT_LOSSES, MicroBatchSAMLoop
 from msam.methods.msam_vmap import MicroBatchSAMVmap
 from msam.methods.reweight import NORM_SCALES, PROBE_BN_MODES, GibbsReweighting
 from msam.methods.vanilla import Vanilla
+from msam.precision import FP32, Precision
 
 METHOD_NAMES = ("vanilla", "sam", "msam", "asam", "rwsam")
 PERTURBED = ("sam", "msam", "asam", "rwsam")  # methods with an ascent step e(g)
@@ -53,25 +54,28 @@ def perturbation_options(cfg: DictConfig) -> dict:
     return {"normalize": cfg.normalize, "adaptive": cfg.adaptive, "eta": cfg.eta}
 
 
-def build_method(cfg: DictConfig, processes: int = 1, model=None) -> Method:
+def build_method(cfg: DictConfig, processes: int = 1, model=None, precision: Precision = FP32) -> Method:
     """Build the method named by cfg.name; values were validated by msam.config. Under K
-    processes each one runs m / K micro-batches of its share of the batch (msam.dist)."""
+    processes each one runs m / K micro-batches of its share of the batch (msam.dist). The
+    precision decides the autocast region of every forward and fp16's loss scale."""
     name = method_label(cfg)
     if cfg.name == "vanilla":
-        return Vanilla()
+        return Vanilla(precision)
     if cfg.name in ("sam", "asam"):
-        return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name, **perturbation_options(cfg))
+        return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name, precision=precision,
+                                 **perturbation_options(cfg))
     if cfg.name == "rwsam":
         return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name,
                                  reweighting=GibbsReweighting.from_config(cfg), descent_loss=cfg.descent_loss,
-                                 **perturbation_options(cfg))
+                                 precision=precision, **perturbation_options(cfg))
     if cfg.name == "msam":
         impl = choose_implementation(cfg.impl, cfg.m // processes, model)
         if impl == "loop":
             return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name,
-                                     **perturbation_options(cfg))
+                                     precision=precision, **perturbation_options(cfg))
         if impl == "vmap":
             return MicroBatchSAMVmap(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps,
-                                     chunk_size=cfg.get("chunk_size"), name=name, **perturbation_options(cfg))
+                                     chunk_size=cfg.get("chunk_size"), name=name, precision=precision,
+                                     **perturbation_options(cfg))
         raise ConfigError(f"unknown method.impl '{cfg.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
     raise ConfigError(f"unknown method '{cfg.name}'; valid: {', '.join(METHOD_NAMES)}")

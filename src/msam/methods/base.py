@@ -1,5 +1,9 @@
 """The method contract: fill .grad with the update direction, return (clean loss, logits).
 
+Every method holds a `precision` (msam.precision.Precision): forward passes run in its autocast
+region, backward passes on its scaled loss. Under fp16 .grad holds S d (S: the loss scale) and
+the caller unscales it, exactly as for a plain GradScaler loop; the returned loss is unscaled.
+
 A loss function maps (logits, targets) to per-sample losses; methods take the mean.
 Methods never step the optimizer and never touch weight decay, clipping or the learning
 rate: those belong to the base optimizer and the engine, exactly as for vanilla training.

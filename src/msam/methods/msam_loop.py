@@ -28,6 +28,7 @@ from msam.methods.batchnorm import RunningStatsAverager, running_stats_frozen
 from msam.methods.params import WeightSnapshot, trainable_parameters, zero_grads
 from msam.methods.perturbation import Perturbation
 from msam.methods.reweight import GibbsReweighting, rng_state
+from msam.precision import FP32, Precision, weights_changed
 
 DESCENT_LOSSES = ("mean", "weighted")
 
@@ -46,8 +47,9 @@ def gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tens
 class MicroBatchSAMLoop:
     def __init__(self, m: int, rho: float, eps: float, name: str = "msam", normalize: bool = True,
                  adaptive: bool = False, eta: float = 0.01, reweighting: GibbsReweighting | None = None,
-                 descent_loss: str = "mean") -> None:
+                 descent_loss: str = "mean", precision: Precision = FP32) -> None:
         self.name = name
+        self.precision = precision
         self.m = m
         self.rho = rho
         self.eps = eps
@@ -60,10 +62,12 @@ class MicroBatchSAMLoop:
     def ascent_loss(self, model, loss_fn, inputs, targets):
         """(loss to ascend on, per-sample weights or None, clean mean loss, logits)."""
         randomness = rng_state(targets.device) if self.reweighting is not None else None
-        losses, logits = forward_per_sample(model, loss_fn, inputs, targets)
+        with self.precision.forward():
+            losses, logits = forward_per_sample(model, loss_fn, inputs, targets)
         if self.reweighting is None:
             return losses.mean(), None, losses.mean(), logits
-        weights = self.reweighting.ascent_weights(unwrap(model), loss_fn, inputs, targets, losses, randomness)
+        weights = self.reweighting.ascent_weights(unwrap(model), loss_fn, inputs, targets, losses, randomness,
+                                                  self.precision)
         return (weights * losses).sum(), weights, losses.mean(), logits
 
     def __call__(self, model: torch.nn.Module, loss_fn: LossFn, batch):
@@ -78,18 +82,22 @@ class MicroBatchSAMLoop:
         for j, (inputs, targets) in enumerate(micro_batches):
             with no_sync(model):
                 ascent_loss, weights, loss, logits = self.ascent_loss(model, loss_fn, inputs, targets)
-                grads = gradients(ascent_loss, params)
+                grads = gradients(self.precision.scale(ascent_loss), params)
+            self.precision.unscale_(grads)  # fp16: e is built from g, not from S g
             self.bn_stats.after_ascent_pass()
             losses.append(loss.detach())
             all_logits.append(logits.detach())
 
             self.perturbation.ascend_(params, grads)
+            weights_changed()
             last = j == len(micro_batches) - 1
             with nullcontext() if last else no_sync(model), running_stats_frozen(model):
-                perturbed, _ = forward_per_sample(model, loss_fn, inputs, targets)
+                with self.precision.forward():  # a fresh autocast region: casts of the perturbed weights
+                    perturbed, _ = forward_per_sample(model, loss_fn, inputs, targets)
                 descent = (weights * perturbed).sum() if self.descent_loss == "weighted" else perturbed.mean()
-                (descent / self.m).backward()  # .grad accumulates mean_j d_j
+                self.precision.scale(descent / self.m).backward()  # .grad accumulates mean_j d_j (times S)
             self.snapshot.restore(params)
+            weights_changed()
         self.bn_stats.end_step()
         for p in params:
             if p.grad is None:

@@ -20,14 +20,16 @@ averaged direction is all-reduced here, once per step.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
-import torch.distributed as torch_dist
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from msam.dist import unwrap
+from msam import dist
 from msam.methods.base import LossFn
 from msam.methods.perturbation import Perturbation
+from msam.precision import FP32, Precision
 
 
 def running_stat_names(model: torch.nn.Module) -> list[str]:
@@ -38,11 +40,18 @@ def running_stat_names(model: torch.nn.Module) -> list[str]:
     return names
 
 
-def disable_fused_attention(model: torch.nn.Module) -> None:
-    """timm's fused attention (scaled_dot_product_attention) has no vmap rule on every device."""
-    for module in model.modules():
-        if hasattr(module, "fused_attn"):
-            module.fused_attn = False
+@contextmanager
+def fused_attention_off(model: torch.nn.Module):
+    """timm's fused attention (scaled_dot_product_attention) has no vmap rule on every device: off
+    for the vmapped passes, restored afterwards (the model's own forward and evaluation keep it)."""
+    modules = [module for module in model.modules() if getattr(module, "fused_attn", False)]
+    for module in modules:
+        module.fused_attn = False
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.fused_attn = True
 
 
 def to_micro_batches(tensor: torch.Tensor, m: int) -> torch.Tensor:
@@ -51,16 +60,21 @@ def to_micro_batches(tensor: torch.Tensor, m: int) -> torch.Tensor:
 
 class MicroBatchSAMVmap:
     def __init__(self, m: int, rho: float, eps: float, chunk_size: int | None = None, name: str = "msam",
-                 normalize: bool = True, adaptive: bool = False, eta: float = 0.01) -> None:
+                 normalize: bool = True, adaptive: bool = False, eta: float = 0.01,
+                 precision: Precision = FP32) -> None:
         self.name, self.m, self.rho, self.eps, self.chunk_size = name, m, rho, eps, chunk_size
+        self.precision = precision
         self.perturbation = Perturbation(rho=rho, eps=eps, normalize=normalize, adaptive=adaptive, eta=eta)
 
     def __call__(self, model: torch.nn.Module, loss_fn: LossFn, batch):
         inputs, targets = batch
         if isinstance(inputs, dict):
             raise NotImplementedError("method.impl=vmap takes tensor inputs; use impl=loop for dict batches")
-        network = unwrap(model)
-        disable_fused_attention(network)
+        network = dist.unwrap(model)
+        with fused_attention_off(network):
+            return self._step(model, network, loss_fn, inputs, targets)
+
+    def _step(self, model, network, loss_fn, inputs, targets):
         names = [n for n, p in network.named_parameters() if p.requires_grad]
         params = {n: p.detach() for n, p in network.named_parameters() if p.requires_grad}
         frozen = {n: p.detach() for n, p in network.named_parameters() if not p.requires_grad}
@@ -70,17 +84,22 @@ class MicroBatchSAMVmap:
         m = self.m
         xs, ys = to_micro_batches(inputs, m), to_micro_batches(targets, m)
 
-        def loss_at(trainable, stats, x, y):
-            logits = functional_call(network, ({**trainable, **stats, **shared},), (x,))
-            return loss_fn(logits, y).mean(), logits
+        precision = self.precision
+
+        def loss_at(trainable, stats, x, y):  # (the loss to differentiate: scaled under fp16, (loss, logits))
+            with precision.forward():  # the weights are explicit inputs here: no autocast cache to go stale
+                logits = functional_call(network, ({**trainable, **stats, **shared},), (x,))
+                loss = loss_fn(logits, y).mean()
+            return precision.scale(loss), (loss, logits)
 
         def stacked_stats():
             return {n: buffers[n].unsqueeze(0).repeat(m, *[1] * buffers[n].dim()) for n in stat_names}
 
         step = grad_and_value(loss_at, has_aux=True)
         ascent_stats = stacked_stats()
-        grads, (losses, logits) = vmap(step, in_dims=(None, 0, 0, 0), randomness="different",
+        grads, (_, (losses, logits)) = vmap(step, in_dims=(None, 0, 0, 0), randomness="different",
                                        chunk_size=self.chunk_size)(params, ascent_stats, xs, ys)
+        precision.unscale_(list(grads.values()))  # fp16: e_j is built from g_j, not from S g_j
         perturbed = self.perturbation.stacked(params, grads, m)
         directions, _ = vmap(step, in_dims=(0, 0, 0, 0), randomness="different",
                              chunk_size=self.chunk_size)(perturbed, stacked_stats(), xs, ys)
@@ -88,11 +107,8 @@ class MicroBatchSAMVmap:
             for n, p in network.named_parameters():
                 if p.requires_grad:
                     p.grad = directions[n].mean(0)
-            if torch_dist.is_initialized() and isinstance(model, torch.nn.parallel.DistributedDataParallel):
-                world = torch_dist.get_world_size()
-                for n in names:
-                    torch_dist.all_reduce(network.get_parameter(n).grad)
-                    network.get_parameter(n).grad /= world
+            if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+                dist.all_reduce_mean_([network.get_parameter(n).grad for n in names])
             for n in stat_names:  # the mean of the m ascent updates; num_batches_tracked counts one step
                 stat = ascent_stats[n]
                 buffers[n].copy_(stat[0] if n.endswith("num_batches_tracked") else stat.mean(0))

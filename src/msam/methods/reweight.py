@@ -9,7 +9,9 @@ treated as constants; ascent on sum_i p_i f_i(x). What it leaves open is a confi
 - delta (default 1e-4): per-coordinate step. Every coordinate moves, so the probe's length is
   delta * sqrt(#params): the curvature term (delta^2 / 2) z'Hz grows with it, while float32
   rounding of the loss difference bounds delta from below. 1e-4 keeps both small for
-  CIFAR-sized networks in float32; bf16/fp16 autocast makes the difference noisy.
+  CIFAR-sized networks in float32. So the probe always runs in true float32: outside autocast
+  and, on CUDA, with TF32 off; under bf16/fp16 it recomputes f_i(x) in float32 as well (one
+  more forward), since a difference of a low-precision loss and a float32 one is rounding noise.
 - probes (default 1): Rademacher vectors per step; one is the poster's "one extra forward".
 - norm_scale (default relative): softmax(lambda * n_i / mean_j n_j). Raw norms change scale
   across models and during training, so one lambda would not carry over; relative norms make
@@ -31,6 +33,7 @@ import torch
 from torch.func import functional_call
 
 from msam.methods.batchnorm import running_stats_frozen
+from msam.precision import FP32, Precision, exact_fp32
 
 NORM_SCALES = ("relative", "absolute")
 PROBE_BN_MODES = ("batch", "running")
@@ -94,15 +97,17 @@ class GibbsReweighting:
                    norm_scale=method.norm_scale, probe_bn=method.probe_bn)
 
     @torch.no_grad()
-    def sample_grad_norms(self, network, loss_fn, inputs, targets, clean_losses, randomness) -> torch.Tensor:
+    def sample_grad_norms(self, network, loss_fn, inputs, targets, clean_losses, randomness,
+                          precision: Precision = FP32) -> torch.Tensor:
         """The finite-difference estimate of ||grad f_i(x)|| for each sample of the batch."""
         device = clean_losses.device
         params = {n: p.detach() for n, p in network.named_parameters() if p.requires_grad}
         squares = torch.zeros_like(clean_losses, dtype=torch.float32 if clean_losses.dtype != torch.float64
                                    else torch.float64)
-        with probe_mode(network, self.probe_bn):
-            if self.probe_bn == "running":
-                clean_losses = call(network, {}, loss_fn, inputs, targets)
+        with probe_mode(network, self.probe_bn), exact_fp32(device.type):
+            if self.probe_bn == "running" or precision.mixed:
+                with replayed_randomness(randomness, device):
+                    clean_losses = call(network, {}, loss_fn, inputs, targets)
             for _ in range(self.probes):
                 shifted = {n: w + self.delta * rademacher_like(w) for n, w in params.items()}
                 with replayed_randomness(randomness, device):
@@ -114,10 +119,12 @@ class GibbsReweighting:
         values = norms / norms.mean().clamp_min(torch.finfo(norms.dtype).tiny) if self.norm_scale == "relative" else norms
         return torch.softmax(self.lam * values, dim=0)
 
-    def ascent_weights(self, network, loss_fn, inputs, targets, clean_losses, randomness) -> torch.Tensor:
-        """p_i, constants for autograd; uniform when lambda = 0."""
+    def ascent_weights(self, network, loss_fn, inputs, targets, clean_losses, randomness,
+                       precision: Precision = FP32) -> torch.Tensor:
+        """p_i, constants for autograd; uniform when lambda = 0. clean_losses are unscaled."""
         n = clean_losses.shape[0]
         if self.lam == 0:
             return torch.full((n,), 1.0 / n, dtype=clean_losses.dtype, device=clean_losses.device)
-        norms = self.sample_grad_norms(network, loss_fn, inputs, targets, clean_losses.detach(), randomness)
+        norms = self.sample_grad_norms(network, loss_fn, inputs, targets, clean_losses.detach(), randomness,
+                                       precision)
         return self.weights(norms).to(clean_losses.dtype)
