@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from pathlib import Path
 
 import hydra
@@ -18,7 +17,7 @@ import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from msam import allocator
+from msam import allocator, timing
 from msam.engine import per_sample_cross_entropy, pick_device
 from msam.methods import build_method
 from msam.models.cifar_resnet import cifar_resnet
@@ -50,11 +49,6 @@ def methods_for(m: int, rho: float, impls, baselines) -> dict:
     return methods
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int) -> dict:
     """Median, min and max ms per training step of each method, interleaved; peak memory on CUDA."""
     loss_fn = per_sample_cross_entropy(0.0)
@@ -65,14 +59,13 @@ def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int) -
         for name, method in methods.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            synchronize(device)
-            start = time.perf_counter()
+            start = timing.now(device)
             method(model, loss_fn, batch)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            synchronize(device)
+            seconds = timing.now(device) - start
             if round_ >= warmup:
-                times[name].append(1000 * (time.perf_counter() - start))
+                times[name].append(1000 * seconds)
                 if device.type == "cuda":
                     peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device))
     return {name: {"ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t),

@@ -6,12 +6,14 @@ TensorLoader keeps a whole data set as tensors on the device and augments there
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+from msam.data.augment import RandomCropFlip
+
+Augment = RandomCropFlip
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -56,11 +58,13 @@ class TensorLoader:
         n = self.targets.shape[0]
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         order = order.to(self.targets.device)
+        draws = self._epoch_draws(gen, n)
         for k in range(len(self)):
             index = order[k * self.batch_size : (k + 1) * self.batch_size]
             inputs, targets = self.inputs[index], self.targets[index]
             if self.augment is not None:
-                inputs = self.augment(inputs, gen)
+                start = k * self.batch_size
+                inputs = self.augment.apply(inputs, [d[start:start + index.shape[0]] for d in draws])
             if self.world_size > 1:
                 if not self.drop_last:
                     if k % self.world_size != self.rank:
@@ -73,6 +77,16 @@ class TensorLoader:
                 inputs = torch.nn.functional.interpolate(inputs, size=(self.resize, self.resize),
                                                          mode="bilinear", align_corners=False)
             yield inputs, targets
+
+
+    def _epoch_draws(self, gen: torch.Generator, n: int) -> list[torch.Tensor]:
+        """Every batch's augmentation draws, drawn on the CPU in batch order (the stream a batch at
+        a time would give) and copied to the device in one go: no host sync inside the epoch."""
+        if self.augment is None:
+            return []
+        sizes = [min(self.batch_size, n - k * self.batch_size) for k in range(len(self))]
+        per_batch = [self.augment.draw(size, gen) for size in sizes]
+        return [torch.cat(parts).to(self.targets.device, non_blocking=True) for parts in zip(*per_batch)]
 
 
 class SeededSamples(Dataset):

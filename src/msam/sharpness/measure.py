@@ -8,11 +8,10 @@ Weight decay is not part of the loss.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
+from msam import timing
 from msam.errors import ConfigError
 from msam.sharpness.operator import PerSampleLoss, ReIterable, training_loss_hessian
 from msam.sharpness.spectrum import hessian_trace, top_eigenvalue
@@ -24,11 +23,13 @@ class NotConverged(ConfigError):
 
 def seconds_per_gradient(model: nn.Module, batches: ReIterable, per_sample_loss: PerSampleLoss) -> float:
     """One forward+backward over the same batches: the unit a Hessian-vector product costs."""
-    start = time.perf_counter()
+    device = next(model.parameters()).device
+    start = timing.now(device)
     for inputs, targets in batches:
         per_sample_loss(model(inputs), targets).sum().backward()
+    seconds = timing.now(device) - start
     model.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    return seconds
 
 
 def measure_sharpness(model: nn.Module, batches: ReIterable, num_batches: int, num_samples: int,
@@ -38,7 +39,8 @@ def measure_sharpness(model: nn.Module, batches: ReIterable, num_batches: int, n
     model.eval()
     try:
         op = training_loss_hessian(model, batches, num_batches, num_samples, per_sample_loss)
-        start = time.perf_counter()
+        device = next(model.parameters()).device
+        start = timing.now(device)
         top = top_eigenvalue(algorithm, op, max_iter, tol, seed)
         if not top.converged and not keep_unconverged:
             raise NotConverged(
@@ -47,7 +49,7 @@ def measure_sharpness(model: nn.Module, batches: ReIterable, num_batches: int, n
             )
         eigen_hvps = op.count
         trace, trace_stderr = hessian_trace(op, trace_probes, seed) if trace_probes > 0 else (None, None)
-        seconds = time.perf_counter() - start
+        seconds = timing.now(device) - start
         gradient_seconds = seconds_per_gradient(model, batches, per_sample_loss)
     finally:
         model.train(was_training)
