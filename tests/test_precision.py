@@ -177,3 +177,11 @@ def test_tf32_is_set_from_the_config_and_recorded(make_cfg, tf32_restored, tf32)
     assert recorded["tf32_cudnn"] is tf32 and recorded["tf32_matmul"] is tf32
     assert torch.backends.cudnn.allow_tf32 is tf32
     assert recorded["precision"] == "fp32" and recorded["autocast_dtype"] is None
+
+
+def test_vmap_with_batchnorm_under_cpu_autocast_is_one_clear_line(make_cfg):
+    from msam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method.impl=vmap with bf16/fp16 autocast does not run BatchNorm"):
+        engine.train(make_cfg("method=msam", "method.m=4", "method.impl=vmap", "precision=bf16", "model=resnet18",
+                              "dataset=synthetic", "dataset.train_size=64", "batch_size=32"))

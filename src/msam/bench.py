@@ -42,15 +42,18 @@ def method_config(name: str, rho: float, **values) -> DictConfig:
 
 
 def methods_for(m: int, rho: float, impls, baselines) -> dict:
-    """The baselines (vanilla, SAM, optionally RW-SAM), then each mSAM implementation at m."""
+    """The baselines (vanilla, SAM, optionally RW-SAM), then each mSAM implementation at m.
+    `compile` is the loop on the torch.compile'd model (run_bench gives it that model)."""
     methods = {name: build_method(method_config(name, rho if name != "vanilla" else 0.0)) for name in baselines}
     if m > 1:
-        methods.update({impl: build_method(method_config("msam", rho, m=m, impl=impl)) for impl in impls})
+        methods.update({impl: build_method(method_config("msam", rho, m=m, impl="loop" if impl == "compile" else impl))
+                        for impl in impls})
     return methods
 
 
-def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int) -> dict:
-    """Median, min and max ms per training step of each method, interleaved; peak memory on CUDA."""
+def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int, compiled=None) -> dict:
+    """Median, min and max ms per training step of each method, interleaved; peak memory on CUDA.
+    The method named `compile` runs on `compiled` (the same parameters behind torch.compile)."""
     loss_fn = per_sample_cross_entropy(0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     times = {name: [] for name in methods}
@@ -60,7 +63,7 @@ def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int) -
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             start = timing.now(device)
-            method(model, loss_fn, batch)
+            method(compiled if name == "compile" else model, loss_fn, batch)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             seconds = timing.now(device) - start
@@ -72,7 +75,8 @@ def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int) -
                    "peak_gb": peaks[name] / 2**30 if device.type == "cuda" else None} for name, t in times.items()}
 
 
-def run_bench(cfg: DictConfig) -> list[dict]:
+def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
+    """Every row of the grid; on_rows(rows) after each model (partial results survive a timeout)."""
     if not {"vanilla", "sam"} <= set(cfg.baselines):
         raise SystemExit(f"bench: baselines must include vanilla and sam (the ratios' references), got {list(cfg.baselines)}")
     device = pick_device(cfg.device)
@@ -80,6 +84,8 @@ def run_bench(cfg: DictConfig) -> list[dict]:
     for model_name in cfg.models:
         torch.manual_seed(cfg.seed)
         model = bench_model(model_name, cfg.num_classes, cfg.image_size).to(device).train()
+        # dynamic: one compilation for every micro-batch size rather than one per m
+        compiled = torch.compile(model, dynamic=True) if "compile" in cfg.impls else None
         for batch_size in cfg.batch_sizes:
             gen = torch.Generator().manual_seed(cfg.seed)
             batch = (torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=gen).to(device),
@@ -88,7 +94,8 @@ def run_bench(cfg: DictConfig) -> list[dict]:
             for m in cfg.ms:
                 if batch_size % m:
                     continue
-                timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls, cfg.baselines), batch, device, cfg.repeats, cfg.warmup)
+                timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls, cfg.baselines), batch, device, cfg.repeats,
+                                   cfg.warmup, compiled)
                 baseline = timed if baseline is None else baseline
                 for impl, t in timed.items():
                     if impl in cfg.baselines and m != cfg.ms[0]:
@@ -99,6 +106,8 @@ def run_bench(cfg: DictConfig) -> list[dict]:
                                  "device": device_description(device)})
                     print(f"{model_name} B={batch_size} m={rows[-1]['m']} {impl}: {t['ms']:.0f} ms "
                           f"({rows[-1]['ratio_vs_sam']:.2f}x SAM)", flush=True)
+        if on_rows is not None:
+            on_rows(rows)
     return rows
 
 
@@ -116,12 +125,15 @@ def markdown(rows: list[dict], cfg) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
 def main(cfg: DictConfig) -> None:
     allocator.apply(cfg.cpu_allocator)
-    rows = run_bench(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"config": OmegaConf.to_container(cfg, resolve=True), "rows": rows}
-    write_atomic(out / f"{cfg.name}.json", (json.dumps(payload, indent=2) + "\n").encode())
-    write_atomic(out / f"{cfg.name}.md", markdown(rows, cfg).encode())
+
+    def write(rows: list[dict]) -> None:
+        payload = {"config": OmegaConf.to_container(cfg, resolve=True), "rows": rows}
+        write_atomic(out / f"{cfg.name}.json", (json.dumps(payload, indent=2) + "\n").encode())
+        write_atomic(out / f"{cfg.name}.md", markdown(rows, cfg).encode())
+
+    rows = run_bench(cfg, on_rows=write)
     print(markdown(rows, cfg))
 
 

@@ -38,6 +38,17 @@ def choose_implementation(impl: str, m: int, model) -> str:
     return auto_implementation(device_type, any(isinstance(x, _BatchNorm) for x in model.modules()), m)
 
 
+def check_vmap_precision(model, precision: Precision) -> None:
+    """On the CPU, vmap's batch_norm rule under autocast gets bf16 inputs with float32 running
+    statistics and stops ("expected scalar type BFloat16 but found Float"). CUDA's kernels take
+    mixed dtypes; scripts/gpu_check.sh runs vmap with BatchNorm in bf16 there."""
+    if model is None or not precision.mixed or precision.device_type != "cpu":
+        return
+    if any(isinstance(x, _BatchNorm) for x in model.modules()):
+        raise ConfigError("method.impl=vmap with bf16/fp16 autocast does not run BatchNorm models on a CPU; "
+                          "use method.impl=loop (or precision=fp32)")
+
+
 def method_label(cfg: DictConfig) -> str:
     """The method's name in run names, metrics and reports: the config's name, plus the
     perturbation variant where it is not the name's own (msam-adaptive, sam-unnormalized, ...)."""
@@ -74,6 +85,7 @@ def build_method(cfg: DictConfig, processes: int = 1, model=None, precision: Pre
             return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name,
                                      precision=precision, **perturbation_options(cfg))
         if impl == "vmap":
+            check_vmap_precision(model, precision)
             return MicroBatchSAMVmap(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps,
                                      chunk_size=cfg.get("chunk_size"), name=name, precision=precision,
                                      **perturbation_options(cfg))
