@@ -1,14 +1,17 @@
 #!/bin/bash
-# Everything CUDA-specific, in one command on one GPU (no network; about 8 minutes):
+# Everything CUDA-specific, in one command on one GPU (no network; at most GPU_CHECK_BUDGET_S,
+# default 450 s, plus the install if there is none):
 #   bash scripts/gpu_check.sh
-# 1. the GPU tests (pytest -m gpu tests/gpu): directions vs the CPU float64 reference, bf16/fp16
-#    directions, channels_last, inductor, sharpness, short runs, torchrun sharing the GPU;
-# 2. one short bf16 training per method on synthetic CIFAR-shaped data (ResNet-18), timed;
-# 3. msam-bench: ResNet-18, WRN-16-8 and the small ViT at B = 128 and 512, m in 1, 4, 16, 32,
-#    loop, vmap and compile (the part that is cut short first if time runs out: rows are
-#    written after each model).
-# Writes results/bench/gpu_<device>.json and .md (commit them). Each phase has its own time
-# limit (GPU_CHECK_*_S) so the whole stays within GPU_CHECK_BUDGET_S.
+# 1. the GPU tests (pytest -m gpu tests/gpu) but torch.compile's: directions against the CPU
+#    float64 reference, bf16/fp16 directions, channels_last, sharpness, short runs, torchrun
+#    sharing the GPU;
+# 2. the torch.compile (inductor) test on its own (its first compilation is slow);
+# 3. one short bf16 training per method on synthetic CIFAR-shaped data (ResNet-18, 2 epochs);
+# 4. msam-bench: ResNet-18, WRN-16-8 and the small ViT at B = 128 and 512, m in 1, 4, 16, 32,
+#    loop and vmap; 5. the same with compile. The bench writes its rows after every (model, B, m).
+# Each phase stops at its own limit or when the budget runs out, whichever is first; whatever
+# finished goes into results/bench/gpu_<device>.json and .md (written on exit, also when
+# interrupted). Commit them.
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${MSAM_PYTHON:-.venv/bin/python}
@@ -19,26 +22,41 @@ DEVICE=$("$PYTHON" -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '_', tor
 WORK=$(mktemp -d)
 OUT=results/bench
 mkdir -p "$OUT"
-TESTS_S=${GPU_CHECK_TESTS_S:-180}
-TRAIN_S=${GPU_CHECK_TRAIN_S:-90}
-BENCH_S=${GPU_CHECK_BENCH_S:-190}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
 START=$(date +%s)
 
-echo "== 1/3 GPU tests (limit ${TESTS_S}s)"
-timeout "$TESTS_S" "$PYTHON" -m pytest -m gpu tests/gpu -q -p no:cacheprovider --junitxml="$WORK/tests.xml" \
-  2>&1 | tee "$WORK/tests.log" | tail -n 30
+report() {
+  "$PYTHON" scripts/gpu_report.py --device "$DEVICE" --work "$WORK" --out "$OUT" --seconds $(( $(date +%s) - START ))
+  echo "wrote $OUT/gpu_$DEVICE.json and .md"
+}
+trap report EXIT
 
-echo "== 2/3 one short bf16 training per method (limit ${TRAIN_S}s)"
-timeout "$TRAIN_S" "$PYTHON" -m msam.train -m method=vanilla,sam,asam,rwsam dataset=synthetic \
-  dataset.train_size=4096 dataset.test_size=512 model=resnet18 batch_size=128 epochs=2 precision=bf16 \
-  device=cuda log_every_steps=0 "paths.runs=$WORK/runs" 2>&1 | tail -n 12
-timeout "$TRAIN_S" "$PYTHON" -m msam.train -m method=msam method.m=16 method.impl=loop,vmap dataset=synthetic \
-  dataset.train_size=4096 dataset.test_size=512 model=resnet18 batch_size=128 epochs=2 precision=bf16 \
-  device=cuda log_every_steps=0 "paths.runs=$WORK/runs" 2>&1 | tail -n 6
+# limit PHASE_DEFAULT: the phase's seconds, cut to what is left of the budget (15 s kept for the report)
+limit() {
+  local left=$(( BUDGET - ($(date +%s) - START) - 15 ))
+  [ "$left" -lt "$1" ] && echo $(( left > 5 ? left : 5 )) || echo "$1"
+}
 
-echo "== 3/3 msam-bench (limit ${BENCH_S}s)"
-timeout "$BENCH_S" "$PYTHON" -m msam.bench "name=gpu_bench_$DEVICE" "out=$WORK" models=[resnet18,wrn16_8,vit_small] \
-  batch_sizes=[128,512] ms=[1,4,16,32] impls=[loop,vmap,compile] repeats=5 warmup=2 device=cuda 2>&1 | tail -n 60
+echo "== 1/5 GPU tests (limit $(limit 150)s)"
+timeout -k 10 "$(limit 150)" "$PYTHON" -m pytest -m gpu tests/gpu -k "not inductor" -q -p no:cacheprovider \
+  --junitxml="$WORK/tests.xml" 2>&1 | tee "$WORK/tests.log" | tail -n 30
 
-"$PYTHON" scripts/gpu_report.py --device "$DEVICE" --work "$WORK" --out "$OUT" --seconds $(( $(date +%s) - START ))
-echo "wrote $OUT/gpu_$DEVICE.json and .md"
+echo "== 2/5 torch.compile test (limit $(limit 60)s)"
+timeout -k 10 "$(limit 60)" "$PYTHON" -m pytest -m gpu tests/gpu -k "inductor" -q -p no:cacheprovider \
+  --junitxml="$WORK/tests_compile.xml" 2>&1 | tee "$WORK/tests_compile.log" | tail -n 15
+
+echo "== 3/5 one short bf16 training per method (limit $(limit 70)s)"
+TRAIN=(dataset=synthetic dataset.train_size=4096 dataset.test_size=512 model=resnet18 batch_size=128 epochs=2
+       precision=bf16 device=cuda log_every_steps=0 "paths.runs=$WORK/runs")
+timeout -k 10 "$(limit 70)" bash -c '"$0" -m msam.train -m method=vanilla,sam,asam,rwsam "${@}" &&
+  "$0" -m msam.train -m method=msam method.m=16 method.impl=loop,vmap "${@}"' "$PYTHON" "${TRAIN[@]}" 2>&1 | tail -n 18
+
+echo "== 4/5 msam-bench, loop and vmap (limit $(limit 150)s)"
+timeout -k 10 "$(limit 150)" "$PYTHON" -m msam.bench "name=gpu_bench_eager" "out=$WORK" \
+  models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[loop,vmap] repeats=5 warmup=2 \
+  device=cuda 2>&1 | grep -v "^|" | tail -n 40
+
+echo "== 5/5 msam-bench, compile (limit $(limit 120)s)"
+timeout -k 10 "$(limit 120)" "$PYTHON" -m msam.bench "name=gpu_bench_compile" "out=$WORK" \
+  models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[compile] baselines=[vanilla,sam] \
+  repeats=5 warmup=2 device=cuda 2>&1 | grep -v "^|" | tail -n 30

@@ -15,17 +15,32 @@ from msam.bench import markdown as bench_markdown
 from msam.runs import package_versions
 
 
-def test_outcome(work: Path) -> dict:
-    report = work / "tests.xml"
-    if not report.is_file():
-        return {"ran": False, "note": "no junit report: the tests did not finish within their limit"}
+def junit_outcome(report: Path) -> dict:
     suite = ElementTree.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     failed = [case.get("name") for case in suite.iter("testcase")
               if case.find("failure") is not None or case.find("error") is not None]
     counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
-    return {"ran": True, **counts, "passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
-            "failed_tests": failed, "seconds": float(suite.get("time", 0))}
+    return {**counts, "failed_tests": failed, "seconds": float(suite.get("time", 0))}
+
+
+def test_outcome(work: Path) -> dict:
+    """The GPU tests' counts over every phase's junit report; a phase stopped by its time limit
+    has none and is named, with the last lines of its log."""
+    outcome = {"ran": False, "tests": 0, "failures": 0, "errors": 0, "skipped": 0, "failed_tests": [],
+               "seconds": 0.0, "unfinished": []}
+    for log in sorted(work.glob("tests*.log")):
+        report = log.with_suffix(".xml")
+        if not report.is_file():
+            outcome["unfinished"].append({"phase": log.stem, "log_tail": log.read_text()[-1500:]})
+            continue
+        phase = junit_outcome(report)
+        outcome["ran"] = True
+        for key in ("tests", "failures", "errors", "skipped", "seconds"):
+            outcome[key] += phase[key]
+        outcome["failed_tests"] += phase["failed_tests"]
+    outcome["passed"] = outcome["tests"] - outcome["failures"] - outcome["errors"] - outcome["skipped"]
+    return outcome
 
 
 def training_rows(work: Path) -> list[dict]:
@@ -45,12 +60,10 @@ def markdown(payload: dict) -> str:
     lines = [f"# GPU check: {payload['device_name']}", "",
              f"`bash scripts/gpu_check.sh` ({payload['seconds']} s in all); torch {payload['versions']['torch']}, "
              f"CUDA {payload['cuda']}", "", "## GPU tests (`pytest -m gpu tests/gpu`)", ""]
-    if tests["ran"]:
-        lines.append(f"{tests['passed']} passed, {tests['failures'] + tests['errors']} failed, "
-                     f"{tests['skipped']} skipped ({tests['seconds']:.0f} s)")
-        lines += [f"- failed: `{name}`" for name in tests["failed_tests"]]
-    else:
-        lines.append(tests["note"])
+    lines.append(f"{tests['passed']} passed, {tests['failures'] + tests['errors']} failed, "
+                 f"{tests['skipped']} skipped ({tests['seconds']:.0f} s)")
+    lines += [f"- failed: `{name}`" for name in tests["failed_tests"]]
+    lines += [f"- `{u['phase']}` did not finish within its time limit" for u in tests["unfinished"]]
     lines += ["", "## Short bf16 training, ResNet-18 on synthetic 32x32 data, B = 128, 2 epochs", "",
               "| method | m | impl | s / epoch | train loss | status |", "| --- | --- | --- | --- | --- | --- |"]
     for r in payload["training"]:
@@ -81,7 +94,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, required=True)
     args = parser.parse_args()
     bench_files = sorted(args.work.glob("gpu_bench_*.json"))
-    bench = json.loads(bench_files[0].read_text()) if bench_files else {"rows": []}
+    parts = [json.loads(path.read_text()) for path in bench_files]
+    bench = {"config": parts[0]["config"] if parts else {}, "configs": [part["config"] for part in parts],
+             "rows": [row for part in parts for row in part["rows"]]}
     payload = {"device": args.device, "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "?",
                "cuda": torch.version.cuda, "versions": package_versions(), "seconds": args.seconds,
                "tests": test_outcome(args.work), "training": training_rows(args.work), "bench": bench}

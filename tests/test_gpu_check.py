@@ -22,6 +22,8 @@ def test_the_script_stops_at_once_without_a_gpu():
 def test_the_report_collects_tests_training_and_bench(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
+    (work / "tests.log").write_text("...")
+    (work / "tests_compile.log").write_text("collected 1 item\n")  # stopped by its limit: no report
     (work / "tests.xml").write_text('<testsuites><testsuite name="pytest" tests="5" failures="1" errors="0" '
                                     'skipped="1" time="12.5"><testcase name="test_a"/><testcase name="test_b">'
                                     '<failure message="x"/></testcase></testsuite></testsuites>')
@@ -30,7 +32,7 @@ def test_the_report_collects_tests_training_and_bench(tmp_path):
            "batch_size=32", "epochs=1", "device=cpu", "log_every_steps=0", f"paths.runs={work}/runs"]
     subprocess.run(run, check=True, capture_output=True, timeout=300, cwd=tmp_path)
     bench = [sys.executable, "-m", "msam.bench", "models=[resnet18]", "batch_sizes=[4]", "ms=[1,2]", "repeats=1",
-             "warmup=0", f"out={work}", "name=gpu_bench_test", "device=cpu"]
+             "warmup=0", f"out={work}", "name=gpu_bench_eager", "device=cpu"]
     subprocess.run(bench, check=True, capture_output=True, timeout=300, cwd=tmp_path)
     subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_report.py"), "--device", "test", "--work", str(work),
                     "--out", str(out), "--seconds", "42"], check=True, timeout=120)
@@ -40,4 +42,5 @@ def test_the_report_collects_tests_training_and_bench(tmp_path):
     assert {r["impl"] for r in payload["bench"]["rows"]} == {"vanilla", "sam", "rwsam", "loop", "vmap"}
     text = (out / "gpu_test.md").read_text()
     assert "3 passed, 1 failed, 1 skipped" in text and "- failed: `test_b`" in text
+    assert "- `tests_compile` did not finish within its time limit" in text
     assert "| sam | 1 | - |" in text and "| resnet18 | 4 | 2 | vmap |" in text

@@ -185,3 +185,23 @@ def test_vmap_with_batchnorm_under_cpu_autocast_is_one_clear_line(make_cfg):
     with pytest.raises(ConfigError, match="method.impl=vmap with bf16/fp16 autocast does not run BatchNorm"):
         engine.train(make_cfg("method=msam", "method.m=4", "method.impl=vmap", "precision=bf16", "model=resnet18",
                               "dataset=synthetic", "dataset.train_size=64", "batch_size=32"))
+
+
+def test_fp16_skips_non_finite_steps_and_goes_on(make_cfg, monkeypatch):
+    """nonfinite=skip under fp16: a skipped step closes the scaler's step (update without step),
+    so the next step can unscale again; the run finishes with the bad steps counted."""
+    real, calls = engine.per_sample_cross_entropy, {"n": 0}
+
+    def every_other_step_nan(smoothing):
+        def loss(logits, targets):
+            calls["n"] += 1
+            bad = calls["n"] % 4 in (1, 2)  # some forward passes of some steps
+            return real(smoothing)(logits, targets) * (float("nan") if bad else 1.0)
+        return loss
+
+    monkeypatch.setattr(engine, "per_sample_cross_entropy", every_other_step_nan)
+    summary = engine.train(make_cfg(*SMALL, "method=sam", "precision=fp16", "nonfinite=skip"))
+    assert summary["status"] == "finished"
+    rows = runs.read_metrics(runs.run_dir_for(make_cfg(*SMALL, "method=sam", "precision=fp16",
+                                                       "nonfinite=skip")) / "metrics.jsonl")
+    assert 0 < rows[-1]["skipped_steps"] < 4

@@ -76,7 +76,7 @@ def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int, c
 
 
 def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
-    """Every row of the grid; on_rows(rows) after each model (partial results survive a timeout)."""
+    """Every row of the grid; on_rows(rows) after each (model, B, m) (partial results survive a timeout)."""
     if not {"vanilla", "sam"} <= set(cfg.baselines):
         raise SystemExit(f"bench: baselines must include vanilla and sam (the ratios' references), got {list(cfg.baselines)}")
     device = pick_device(cfg.device)
@@ -106,8 +106,8 @@ def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
                                  "device": device_description(device)})
                     print(f"{model_name} B={batch_size} m={rows[-1]['m']} {impl}: {t['ms']:.0f} ms "
                           f"({rows[-1]['ratio_vs_sam']:.2f}x SAM)", flush=True)
-        if on_rows is not None:
-            on_rows(rows)
+                if on_rows is not None:
+                    on_rows(rows)
     return rows
 
 

@@ -146,10 +146,13 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
     direction, where no context is at hand: the tensors' own device is the process's)."""
     if not (dist.is_available() and dist.is_initialized()) or not tensors:
         return
-    world = dist.get_world_size()
+    flat = torch.cat([t.reshape(-1) for t in tensors])  # one collective, not one per parameter
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
     for tensor in tensors:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    torch._foreach_div_(tensors, world)
+        tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
 
 
 def any_flag(flag: bool, ctx: DistContext) -> bool:

@@ -162,6 +162,7 @@ def train_epoch(cfg, epoch, model, method, loss_fn, optimizer, scheduler, loader
             seen += targets.shape[0]
         else:
             guard.undo()
+            precision.skip_step()
             skipped += 1
             log.warning(f"skipped step {step + 1} (epoch {epoch + 1}, batch {batches + 1}): non-finite {bad} "
                         f"({skipped} skipped this epoch)")

@@ -72,6 +72,12 @@ class Precision:
             self.scaler.step(optimizer)
             self.scaler.update()
 
+    def skip_step(self) -> None:
+        """A step the NaN guard skips after unscaling: close the scaler's step (update() without
+        step(): the scale backs off if the direction overflowed), or the next unscale_ refuses."""
+        if self.scaler is not None:
+            self.scaler.update()
+
     def state_dict(self) -> dict:
         return self.scaler.state_dict() if self.scaler is not None else {}
 

@@ -8,6 +8,10 @@ reweighting (RW-SAM, reweight.py) the ascent gradient is that of sum_i p_i f_i o
 micro-batch instead of its mean loss; the descent pass is unchanged unless descent_loss is
 `weighted`.
 
+Mixed precision (msam/precision.py): each forward pass has its own autocast region and every
+weight change happens outside one, so the perturbed pass sees w + e, not autocast's cached copy
+of w; under fp16 the ascent gradient is unscaled before e is built from it.
+
 Under DistributedDataParallel every pass but the last runs inside model.no_sync(), forward
 and backward (DDP decides at forward time): each process perturbs with its own micro-batches,
 and only the final accumulated direction is all-reduced, by the last backward. The ascent
