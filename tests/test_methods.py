@@ -210,18 +210,3 @@ def test_vmap_gives_the_loops_direction_and_batchnorm_buffers(m, make, chunk_siz
     assert torch.allclose(vmap_loss, loop_loss, atol=1e-13) and torch.allclose(vmap_logits, loop_logits, atol=1e-12)
     for p, q in zip(vmap_model.parameters(), model.parameters()):
         assert torch.equal(p, q)  # the weights are never written
-
-
-def test_auto_picks_the_loop_on_cpu_and_vmap_on_cuda_without_batchnorm():
-    from omegaconf import OmegaConf
-
-    from msam.methods import auto_implementation, build_method
-
-    from msam.train import CONF_DIR
-
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / "msam.yaml"), {"m": 8, "impl": "auto"})
-    assert isinstance(build_method(cfg, model=tiny_mlp()), MicroBatchSAMLoop)  # this CPU
-    assert auto_implementation("cuda", has_batchnorm=False, m=8) == "vmap"
-    assert auto_implementation("cuda", has_batchnorm=True, m=32) == "loop"
-    assert auto_implementation("cuda", has_batchnorm=False, m=4) == "loop"
-    assert auto_implementation("cpu", has_batchnorm=False, m=32) == "loop"

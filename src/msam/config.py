@@ -12,7 +12,8 @@ from msam.data import GLUE_TASKS, check_data
 from msam.dist import BACKENDS as DIST_BACKENDS
 from msam.errors import ConfigError
 from msam.guard import MODES as NONFINITE_MODES
-from msam.methods import DESCENT_LOSSES, METHOD_NAMES, MSAM_IMPLEMENTATIONS, NORM_SCALES, PERTURBED, PROBE_BN_MODES
+from msam.methods import (DESCENT_LOSSES, METHOD_NAMES, MSAM_IMPLEMENTATIONS, NORM_SCALES, PERTURBED, PROBE_BN_MODES,
+                          RWSAM_IMPLEMENTATIONS)
 from msam.models import check_model
 from msam.optim import OPTIMIZER_NAMES
 from msam.schedule import SCHEDULE_NAMES, schedule_steps
@@ -68,6 +69,8 @@ def check_reweighting(method: DictConfig, key: str) -> None:
             f"unknown {key}.norm_scale '{method.norm_scale}'; valid: {', '.join(NORM_SCALES)}")
     require(method.probe_bn in PROBE_BN_MODES,
             f"unknown {key}.probe_bn '{method.probe_bn}'; valid: {', '.join(PROBE_BN_MODES)}")
+    require(method.get("impl", "loop") in RWSAM_IMPLEMENTATIONS,
+            f"unknown {key}.impl '{method.get('impl')}' for RW-SAM; valid: {', '.join(RWSAM_IMPLEMENTATIONS)}")
     require(method.descent_loss in DESCENT_LOSSES,
             f"unknown {key}.descent_loss '{method.descent_loss}'; valid: {', '.join(DESCENT_LOSSES)}")
 
@@ -100,6 +103,10 @@ def check_training(cfg: DictConfig) -> None:
     require(cfg.nonfinite in NONFINITE_MODES,
             f"unknown nonfinite '{cfg.nonfinite}'; valid: {', '.join(NONFINITE_MODES)}")
     require(isinstance(cfg.tf32, bool), f"tf32 must be true or false, got {cfg.tf32!r}")
+    require(is_int(cfg.impl_tuning.steps) and cfg.impl_tuning.steps >= 1,
+            f"impl_tuning.steps must be an integer >= 1, got {cfg.impl_tuning.steps!r}")
+    require(is_number(cfg.impl_tuning.max_seconds) and cfg.impl_tuning.max_seconds > 0,
+            f"impl_tuning.max_seconds must be > 0, got {cfg.impl_tuning.max_seconds!r}")
     require(cfg.dist_backend in DIST_BACKENDS,
             f"unknown dist_backend '{cfg.dist_backend}'; valid: {', '.join(DIST_BACKENDS)}")
     check_compile(cfg)

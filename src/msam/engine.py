@@ -17,7 +17,8 @@ from msam.data import build_data
 from msam.errors import RunError
 from msam.guard import NonFiniteGuard
 from msam.lock import RunLock
-from msam.methods import build_method, method_label
+from msam.methods import build_method, method_label, uses_auto
+from msam.methods.autotune import Choice, candidates, tune
 from msam.methods.params import trainable_parameters
 from msam.metrics import confusion_update, from_confusion
 from msam.mirror import NoMirror, build_mirror
@@ -83,16 +84,40 @@ class Progress:
 
 
 class MethodSchedule:
-    """The method of each epoch: cfg.method, or with a switch, cfg.switch.then from switch_epoch on."""
+    """The method of each epoch: cfg.method, or with a switch, cfg.switch.then from switch_epoch on.
+    With impl=auto the implementation is measured once, on the first training batch
+    (msam.methods.autotune), or taken from the checkpoint of a resumed run."""
 
-    def __init__(self, cfg: DictConfig, derived: dict, processes: int, model, precision: Precision) -> None:
-        self.first = build_method(cfg.method, processes, model, precision)
-        self.then = (build_method(cfg.switch.then, processes, model, precision)
-                     if cfg.switch.then is not None else None)
-        for method in (self.first, self.then):
-            if method is not None and method.name == "msam":
-                log.info(f"mSAM implementation: {type(method).__name__} ({cfg.method.get('impl', 'loop')} requested)")
+    def __init__(self, cfg: DictConfig, derived: dict, processes: int, precision: Precision) -> None:
+        self.cfg, self.processes, self.precision = cfg, processes, precision
         self.switch_epoch = derived.get("switch_epoch")
+        self.choices: dict[str, str] = {}  # config key -> the implementation impl=auto chose
+
+    def build(self, model, loss_fn, loader, recorded: dict, ctx: dist.DistContext) -> None:
+        self.first = self._build("method", self.cfg.method, model, loss_fn, loader, recorded, ctx)
+        self.then = (self._build("switch.then", self.cfg.switch.then, model, loss_fn, loader, recorded, ctx)
+                     if self.cfg.switch.then is not None else None)
+
+    def _build(self, key: str, method_cfg: DictConfig, model, loss_fn, loader, recorded: dict, ctx):
+        if not uses_auto(method_cfg):
+            return build_method(method_cfg, self.processes, model, self.precision)
+        if key in recorded:
+            choice = Choice.from_label(recorded[key])
+            log.info(f"{key}.impl=auto: {choice.label}, as measured when this run started")
+        else:
+            inputs, targets = next(iter(loader.epoch(0)))
+            if self.cfg.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            options = candidates(method_cfg.m // self.processes, dist.unwrap(model), self.precision,
+                                 dict_inputs=isinstance(inputs, dict), compiled=self.cfg.compile.enabled,
+                                 reweighting=method_cfg.name == "rwsam")
+            methods = {c: build_method(method_cfg, self.processes, model, self.precision, c) for c in options}
+            choice, _ = tune(methods, model, loss_fn, (inputs, targets), steps=self.cfg.impl_tuning.steps,
+                             max_seconds=self.cfg.impl_tuning.max_seconds, ctx=ctx)
+            if len(options) == 1:
+                log.info(f"{key}.impl=auto: {choice.label} (the only implementation for this configuration)")
+        self.choices[key] = choice.label
+        return build_method(method_cfg, self.processes, model, self.precision, choice)
 
     def for_epoch(self, epoch: int, step: int):
         if self.then is None or epoch < self.switch_epoch:
@@ -198,13 +223,15 @@ def epoch_row(epoch: int, step: int, method_name: str, lr: float, totals: EpochT
 
 
 def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int,
-                     partial: EpochTotals | None = None, precision: Precision | None = None) -> dict:
+                     partial: EpochTotals | None = None, precision: Precision | None = None,
+                     implementations: dict | None = None) -> dict:
     """Everything a resumed run needs; epoch counts completed epochs, partial the epoch in progress."""
     return {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "epoch": epoch, "step": step, "partial_epoch": asdict(partial or EpochTotals()),
         "model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "grad_scaler": precision.state_dict() if precision is not None else {},
+        "implementations": implementations or {},  # what impl=auto chose: a resumed run keeps it
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -285,7 +312,7 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
     if cfg.compile.enabled:
         model.compile(backend=cfg.compile.backend, mode=cfg.compile.mode, dynamic=cfg.compile.dynamic)
     precision = Precision.from_config(cfg, device)
-    methods = MethodSchedule(cfg, derived, ctx.world_size, model, precision)
+    methods = MethodSchedule(cfg, derived, ctx.world_size, precision)
     optimizer = build_optimizer(cfg.optim, model)
     scheduler = build_schedule(cfg.schedule, optimizer, derived["total_steps"])
     loss_fn = per_sample_cross_entropy(cfg.label_smoothing)
@@ -298,6 +325,8 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
         precision.load_state_dict(state.get("grad_scaler", {}))
         log.info(f"resuming {run_dir} from {path.name} at epoch {epoch + 1}, batch {partial.batches} (step {step})")
     model = dist.wrap(model, ctx, device)
+    methods.build(model, loss_fn, data.train, state.get("implementations", {}) if state else {}, ctx)
+    derived.update({f"{key}.impl": label for key, label in methods.choices.items()})
     rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
 
     provenance = {**runs.provenance(device), "precision": precisions.settings(cfg)}
@@ -313,7 +342,7 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
     def save(epoch_done: int, in_progress: EpochTotals | None) -> None:
         if ctx.is_main:
             checkpoints.save(run_dir, checkpoint_state(cfg, model, optimizer, scheduler, epoch_done, step,
-                                                       in_progress, precision))
+                                                       in_progress, precision, methods.choices))
 
     progress = Progress(cfg, derived["steps_per_epoch"], step)
     preemption = Preemption().install()

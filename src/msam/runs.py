@@ -30,7 +30,7 @@ TMP_PREFIX = "."
 # Keys that say where things are or how a run is watched, not what is trained: changing
 # them must find the same run directory again.
 NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "preemption_check_every", "cpu_allocator",
-                     "checkpoint_every_steps", "nonfinite", "nonfinite_check_every", "dist_backend", "dataset.root",
+                     "checkpoint_every_steps", "nonfinite", "nonfinite_check_every", "dist_backend", "impl_tuning", "dataset.root",
                      "dataset.download", "dataset.num_workers")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from torch import nn
 
 from msam.errors import ConfigError
@@ -14,10 +16,20 @@ from msam.models.wide_resnet import WideResNet
 ARCHITECTURES = ("small_cnn", "cifar_resnet", "wide_resnet", "torchvision", "timm", "transformers")
 
 
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_model(cfg) -> None:
     if cfg.arch not in ARCHITECTURES:
         raise ConfigError(f"unknown model.arch '{cfg.arch}'; valid: {', '.join(ARCHITECTURES)}")
     if cfg.arch == "transformers":
+        if not installed("transformers"):
+            raise ConfigError(f"model={cfg.name} needs the GLUE extra (transformers, datasets, tokenizers): "
+                              "pip install 'msam[glue]'")
         check_text_checkpoint(cfg.get("checkpoint"))
     else:
         check_checkpoint(cfg.get("checkpoint"))

@@ -1,0 +1,107 @@
+"""method.impl=auto: time the implementations that compute the same direction on the run's own
+model, batch and device, and keep the fastest.
+
+Which of the loop and vmap wins depends on the model, the micro-batch size and the device (the
+loop wins for ResNet-18 at B = 128 on a 2-core CPU, vmap for the small CNN on digits): a rule
+cannot know, a measurement of a few steps does. The tuning leaves no trace: weights, BatchNorm
+buffers, .grad and the random streams are restored afterwards and the optimizer is not touched,
+so a run with auto equals, bit for bit, a run with the implementation auto chose. Under torchrun
+every process runs the same candidates for the same number of rounds and the timings are
+max-reduced, so all processes take the same choice. The engine keeps the choice in the
+checkpoint: a resumed run does not tune again.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from msam import dist, timing
+
+log = logging.getLogger("msam")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One implementation: the loop, or vmap with an optional chunk size."""
+
+    impl: str
+    chunk_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.impl if self.chunk_size is None else f"{self.impl}(chunk_size={self.chunk_size})"
+
+    @classmethod
+    def from_label(cls, label: str) -> "Choice":
+        if "(" not in label:
+            return cls(label)
+        impl, rest = label.split("(", 1)
+        return cls(impl, int(rest.rstrip(")").split("=")[1]))
+
+
+def vmap_refused(model, precision) -> str | None:
+    """Why vmap cannot run this model at this precision, or None."""
+    if model is not None and precision.mixed and precision.device_type == "cpu" and any(
+            isinstance(x, _BatchNorm) for x in model.modules()):
+        return ("method.impl=vmap with bf16/fp16 autocast does not run BatchNorm models on a CPU; use "
+                "method.impl=loop (or precision=fp32)")
+    return None
+
+
+def candidates(m: int, model, precision, *, dict_inputs: bool = False, compiled: bool = False,
+               reweighting: bool = False) -> list[Choice]:
+    """The implementations that can run this configuration. vmap needs tensor inputs, an
+    uncompiled model and no reweighting (RW-SAM's probe runs in the loop only)."""
+    choices = [Choice("loop")]
+    if m == 1 or dict_inputs or compiled or reweighting or vmap_refused(model, precision):
+        return choices
+    choices.append(Choice("vmap"))
+    if m >= 8:
+        choices.append(Choice("vmap", m // 4))  # a quarter of the micro-batches at a time: less memory
+    return choices
+
+
+def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, max_seconds: float,
+         ctx: dist.DistContext) -> tuple[Choice, dict[str, float]]:
+    """The fastest of `methods` (median ms per step over `steps` rounds after one warm-up round,
+    interleaved, stopping early after max_seconds), and the table of medians."""
+    if len(methods) == 1:
+        return next(iter(methods)), {}
+    network = dist.unwrap(model)
+    params = [p for p in network.parameters() if p.requires_grad]
+    saved_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    device = params[0].device
+    saved_rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    times: dict[Choice, list[float]] = {choice: [] for choice in methods}
+    start = time.perf_counter()
+    try:
+        for round_ in range(steps + 1):
+            for choice, method in methods.items():
+                before = timing.now(device)
+                method(model, loss_fn, batch)
+                if round_ > 0:
+                    times[choice].append(1000 * (timing.now(device) - before))
+            if round_ > 0 and dist.any_flag(time.perf_counter() - start > max_seconds, ctx):
+                break
+    finally:
+        with torch.no_grad():
+            network.load_state_dict(saved_state)
+        for p, grad in zip(params, saved_grads):
+            p.grad = grad
+        torch.set_rng_state(saved_rng[0])
+        if saved_rng[1]:
+            torch.cuda.set_rng_state_all(saved_rng[1])
+    medians = torch.tensor([statistics.median(times[c]) for c in methods], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce_([medians], ctx, torch.distributed.ReduceOp.MAX)  # one choice for all processes
+    table = {choice.label: ms for choice, ms in zip(methods, medians.tolist())}
+    best = list(methods)[int(medians.argmin())]
+    log.info("impl=auto: " + ", ".join(f"{label} {ms:.1f} ms" for label, ms in table.items())
+             + f" per step -> {best.label}")
+    return best, table
