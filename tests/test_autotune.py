@@ -98,7 +98,7 @@ def test_every_process_takes_the_same_choice(tmp_path):
     assert (tmp_path / "choice.0").read_text() == (tmp_path / "choice.1").read_text() == "vmap"
 
 
-DIGITS = ("method=msam", "method.m=8", "epochs=2", "impl_tuning.steps=1")
+DIGITS = ("method=msam", "method.m=8", "method.impl=auto", "epochs=2", "impl_tuning.steps=1")
 
 
 def final_model(cfg):
@@ -116,6 +116,11 @@ def test_a_run_with_auto_equals_a_run_with_the_chosen_implementation(make_cfg):
     assert all(torch.equal(auto[k], fixed[k]) for k in auto)  # weights and BatchNorm buffers, bit for bit
     assert torch.load(runs.run_dir_for(auto_cfg) / "last.pt", weights_only=True)["implementations"] == {
         "method": choice.label}
+    from msam.report.collect import collect_runs
+    from msam.report.tables import runtime_table
+
+    report = runtime_table(collect_runs(auto_cfg.paths.runs)[0])  # Table 5 says which implementation ran
+    assert list(report.display["impl"]) == [choice.label] * 2
 
 
 def test_a_resumed_run_keeps_the_choice_without_tuning_again(make_cfg, train_interrupted, monkeypatch):

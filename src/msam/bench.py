@@ -19,7 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from msam import allocator, timing
 from msam.engine import per_sample_cross_entropy, pick_device
+from msam.dist import DistContext
 from msam.methods import build_method
+from msam.methods.autotune import Choice, candidates, tune
+from msam.precision import Precision
 from msam.models.cifar_resnet import cifar_resnet
 from msam.models.wide_resnet import WideResNet
 from msam.runs import device_description, write_atomic
@@ -41,14 +44,25 @@ def method_config(name: str, rho: float, **values) -> DictConfig:
     return OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml"), {"rho": rho, **values})
 
 
-def methods_for(m: int, rho: float, impls, baselines) -> dict:
+def methods_for(m: int, rho: float, impls, baselines, auto_choice: Choice | None = None) -> dict:
     """The baselines (vanilla, SAM, optionally RW-SAM), then each mSAM implementation at m.
-    `compile` is the loop on the torch.compile'd model (run_bench gives it that model)."""
+    `compile` is the loop on the torch.compile'd model (run_bench gives it that model); `auto` is
+    what impl=auto chose for this model and batch (auto_choice)."""
     methods = {name: build_method(method_config(name, rho if name != "vanilla" else 0.0)) for name in baselines}
     if m > 1:
-        methods.update({impl: build_method(method_config("msam", rho, m=m, impl="loop" if impl == "compile" else impl))
-                        for impl in impls})
+        for impl in impls:
+            cfg = method_config("msam", rho, m=m, impl="loop" if impl == "compile" else impl)
+            methods[impl] = build_method(cfg, choice=auto_choice if impl == "auto" else None)
     return methods
+
+
+def auto_choice(model, m: int, rho: float, batch, device, steps: int) -> Choice:
+    """What method.impl=auto picks for this model, batch and device (the engine's own tuning)."""
+    options = candidates(m, model, Precision(device.type))
+    methods = {c: build_method(method_config("msam", rho, m=m), model=model, choice=c) for c in options}
+    choice, _ = tune(methods, model, per_sample_cross_entropy(0.0), batch, steps=steps, max_seconds=600,
+                     ctx=DistContext(device=device))
+    return choice
 
 
 def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int, compiled=None) -> dict:
@@ -94,8 +108,10 @@ def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
             for m in cfg.ms:
                 if batch_size % m:
                     continue
-                timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls, cfg.baselines), batch, device, cfg.repeats,
-                                   cfg.warmup, compiled)
+                chosen = auto_choice(model, m, cfg.rho, batch, device, cfg.get("tune_steps", 2)) if (
+                    "auto" in cfg.impls and m > 1) else None
+                timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls, cfg.baselines, chosen), batch, device,
+                                   cfg.repeats, cfg.warmup, compiled)
                 baseline = timed if baseline is None else baseline
                 for impl, t in timed.items():
                     if impl in cfg.baselines and m != cfg.ms[0]:
@@ -103,7 +119,8 @@ def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
                     rows.append({"model": model_name, "B": batch_size, "m": m if impl not in cfg.baselines else 1,
                                  "impl": impl, **t, "ratio_vs_sam": t["ms"] / timed["sam"]["ms"],
                                  "ratio_vs_vanilla": t["ms"] / timed["vanilla"]["ms"],
-                                 "device": device_description(device)})
+                                 "device": device_description(device),
+                                 **({"auto_choice": chosen.label} if impl == "auto" else {})})
                     print(f"{model_name} B={batch_size} m={rows[-1]['m']} {impl}: {t['ms']:.0f} ms "
                           f"({rows[-1]['ratio_vs_sam']:.2f}x SAM)", flush=True)
                 if on_rows is not None:
@@ -117,7 +134,8 @@ def markdown(rows: list[dict], cfg) -> str:
              "| model | B | m | impl | ms / step | × SAM | × vanilla | peak GB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         peak = "—" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
-        lines.append(f"| {r['model']} | {r['B']} | {r['m']} | {r['impl']} | {r['ms']:.0f} ({r['min_ms']:.0f}-"
+        impl = f"auto → {r['auto_choice']}" if "auto_choice" in r else r["impl"]
+        lines.append(f"| {r['model']} | {r['B']} | {r['m']} | {impl} | {r['ms']:.0f} ({r['min_ms']:.0f}-"
                      f"{r['max_ms']:.0f}) | {r['ratio_vs_sam']:.2f} | {r['ratio_vs_vanilla']:.2f} | {peak} |")
     return "\n".join(lines) + "\n"
 

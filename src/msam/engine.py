@@ -92,6 +92,7 @@ class MethodSchedule:
         self.cfg, self.processes, self.precision = cfg, processes, precision
         self.switch_epoch = derived.get("switch_epoch")
         self.choices: dict[str, str] = {}  # config key -> the implementation impl=auto chose
+        self.ran: dict[str, str] = {}  # config key -> the implementation of every mSAM / RW-SAM method
 
     def build(self, model, loss_fn, loader, recorded: dict, ctx: dist.DistContext) -> None:
         self.first = self._build("method", self.cfg.method, model, loss_fn, loader, recorded, ctx)
@@ -100,6 +101,8 @@ class MethodSchedule:
 
     def _build(self, key: str, method_cfg: DictConfig, model, loss_fn, loader, recorded: dict, ctx):
         if not uses_auto(method_cfg):
+            if method_cfg.name in ("msam", "rwsam"):  # recorded for reports (msam-report table=tab5)
+                self.ran[key] = Choice(method_cfg.get("impl", "loop"), method_cfg.get("chunk_size")).label
             return build_method(method_cfg, self.processes, model, self.precision)
         if key in recorded:
             choice = Choice.from_label(recorded[key])
@@ -116,7 +119,7 @@ class MethodSchedule:
                              max_seconds=self.cfg.impl_tuning.max_seconds, ctx=ctx)
             if len(options) == 1:
                 log.info(f"{key}.impl=auto: {choice.label} (the only implementation for this configuration)")
-        self.choices[key] = choice.label
+        self.choices[key] = self.ran[key] = choice.label
         return build_method(method_cfg, self.processes, model, self.precision, choice)
 
     def for_epoch(self, epoch: int, step: int):
@@ -326,7 +329,7 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
         log.info(f"resuming {run_dir} from {path.name} at epoch {epoch + 1}, batch {partial.batches} (step {step})")
     model = dist.wrap(model, ctx, device)
     methods.build(model, loss_fn, data.train, state.get("implementations", {}) if state else {}, ctx)
-    derived.update({f"{key}.impl": label for key, label in methods.choices.items()})
+    derived.update({f"{key}.impl": label for key, label in methods.ran.items()})
     rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
 
     provenance = {**runs.provenance(device), "precision": precisions.settings(cfg)}

@@ -9,7 +9,7 @@ from msam import checkpoints
 
 # digits, mSAM with 4 micro-batches of 4, 3 epochs of 89 steps: a few seconds of training on CPU
 # (MSAM_FAULT_EPOCHS: more epochs, room for more kills)
-TRAIN = ["method=msam", "method.m=4", "batch_size=16", f"epochs={os.environ.get('MSAM_FAULT_EPOCHS', '3')}", "device=cpu", "log_every_steps=0",
+TRAIN = ["method=msam", "method.m=4", "method.impl=loop", "batch_size=16", f"epochs={os.environ.get('MSAM_FAULT_EPOCHS', '3')}", "device=cpu", "log_every_steps=0",
          "checkpoint_every_steps=5"]
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "epochs", "epochs_completed", "test_acc", "test_mcc", "test_f1",
            "best_test_acc", "seconds_per_epoch", "train_seconds", "seed_group", "lambda_max", "trace",
-           "switch_to", "switch_fraction", "run_dir"]
+           "switch_to", "switch_fraction", "impl", "run_dir"]
 
 
 def read_json(path: Path) -> dict:
@@ -31,6 +31,7 @@ def read_run(run_dir: Path) -> dict:
         raise ValueError("config.yaml missing")
     row = {key: summary.get(key) for key in COLUMNS}
     row["train_seconds"] = summary["seconds_per_epoch"] * summary["epochs_completed"]
+    row["impl"] = (summary.get("derived") or {}).get("method.impl")  # mSAM/RW-SAM: the implementation that ran
     row["run_dir"] = str(run_dir)
     sharpness_path = run_dir / "sharpness.json"
     if sharpness_path.is_file():
@@ -56,6 +57,12 @@ def single_method(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 GROUP_KEYS = ["dataset", "model", "method", "m", "rho", "epochs", "switch_to", "switch_fraction", "seed_group"]
+
+
+def implementations(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, the implementations its seeds ran ("loop", "vmap", "loop/vmap", or "")."""
+    return (runs.groupby(GROUP_KEYS, sort=False, dropna=False)["impl"]
+            .agg(lambda labels: "/".join(sorted({x for x in labels if isinstance(x, str)}))).reset_index())
 
 
 def mean_std(runs: pd.DataFrame, value: str) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from msam.report.collect import GROUP_KEYS, mean_std, single_method
+from msam.report.collect import GROUP_KEYS, implementations, mean_std, single_method
 from msam.report.figures import accuracy_vs_m_figure, switching_figure
 from msam.report.paper import load_paper, missing_rows, with_paper
 
@@ -126,7 +126,7 @@ def runtime_table(runs: pd.DataFrame) -> Report:
     runs = single_method(runs)
     per_epoch = mean_std(runs, "seconds_per_epoch")
     total = mean_std(runs, "train_seconds").rename(columns={"mean": "total", "std": "total_std", "n": "total_n"})
-    numbers = per_epoch.merge(total, on=GROUP_KEYS)
+    numbers = per_epoch.merge(total, on=GROUP_KEYS).merge(implementations(runs), on=GROUP_KEYS, how="left")
     numbers["x_vanilla"] = ratio_to(numbers, "mean", "vanilla")
     numbers["x_sam"] = ratio_to(numbers, "mean", "sam")
     numbers = ordered(with_paper(numbers, paper))
@@ -134,6 +134,7 @@ def runtime_table(runs: pd.DataFrame) -> Report:
     numbers["paper_x_sam"] = [r.paper_mean / paper_sam.get((r.dataset, r.model), math.nan)
                               for r in numbers.itertuples()]
     display = setting_columns(numbers).assign(**{
+        "impl": [impl or "—" for impl in numbers["impl"].fillna("")],
         "s / epoch": [fmt(r.mean, r.std, 2) for r in numbers.itertuples()],
         "total (s)": [fmt(r.total, None, 0) for r in numbers.itertuples()],
         "× vanilla": [fmt(x) for x in numbers["x_vanilla"]],
