@@ -141,7 +141,8 @@ def test_cli_reports_a_run_error_in_one_line(make_cfg, tmp_path):
     run_dir = runs.run_dir_for(cfg)
     run_dir.mkdir(parents=True)
     owner = RunLock(run_dir).acquire()
-    result = subprocess.run([sys.executable, "-m", "msam.train", *SMALL, "device=cpu", f"paths.runs={tmp_path}/runs"],
+    result = subprocess.run([sys.executable, "-m", "msam.train", *SMALL, "device=cpu", "method.impl=loop",
+                             f"paths.runs={tmp_path}/runs"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     owner.release()
     assert result.returncode == 1
