@@ -21,7 +21,7 @@ METHODS = [
     ("msam-vmap", "msam", {"m": 4, "impl": "vmap"}, 0.5),
     ("asam", "asam", {}, 4.0),
     ("usam", "sam", {"normalize": False}, 0.5),
-    ("m-usam", "msam", {"m": 4, "normalize": False}, 0.5),
+    ("m-usam", "msam", {"m": 4, "normalize": False, "impl": "loop"}, 0.5),
     ("rwsam", "rwsam", {"lambda": 2.0}, 0.5),
     ("rwsam-absolute", "rwsam", {"lambda": 0.5, "norm_scale": "absolute"}, 0.5),
 ]
