@@ -18,7 +18,8 @@ from msam.errors import ConfigError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "msam"
 COLLECTIVES = {"all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "broadcast", "reduce",
-               "all_to_all", "gather", "scatter", "all_reduce_coalesced", "barrier"}
+               "all_to_all", "gather", "scatter", "all_reduce_coalesced", "barrier", "broadcast_object_list",
+               "all_gather_object"}
 
 
 def collective_calls(path: Path) -> list[str]:

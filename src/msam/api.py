@@ -23,6 +23,7 @@ mean loss and the logits, detached; clipping, weight decay and the step stay you
   equal one process with m * K on the whole batch.
 - impl: "loop", "vmap" (torch.func: all micro-batches at once) or "auto" (both timed on your
   first batch, state and random streams restored, the faster kept: see `.implementation`).
+- The DDP model's default process group is the one used (subgroups are not supported).
 """
 
 from __future__ import annotations
@@ -61,8 +62,12 @@ class MSAM:
             raise UsageError(f"impl must be loop, vmap or auto, got {impl!r}")
         if descent_loss not in DESCENT_LOSSES:
             raise UsageError(f"descent_loss must be one of {', '.join(DESCENT_LOSSES)}, got {descent_loss!r}")
+        if grad_scaler is not None and not grad_scaler.is_enabled():
+            grad_scaler = None  # GradScaler(enabled=False): the common "fp16 or not" switch
         if grad_scaler is not None and autocast_dtype != torch.float16:
             raise UsageError("grad_scaler goes with autocast_dtype=torch.float16")
+        if not (isinstance(tune_steps, int) and tune_steps >= 1):
+            raise UsageError(f"tune_steps must be an integer >= 1, got {tune_steps!r}")
         device = params[0].device
         self.model, self.m = model, m
         self.precision = Precision(device.type, autocast_dtype, grad_scaler)
@@ -74,7 +79,9 @@ class MSAM:
                 raise UsageError(reason.replace("method.impl", "impl"))
         self.options = dict(m=m, rho=rho, eps=eps, normalize=normalize, adaptive=adaptive, eta=eta)
         self.reweighting, self.descent_loss, self.impl = reweighting, descent_loss, impl
-        self.tune_steps, self.tune_max_seconds = tune_steps, tune_max_seconds
+        self.tune_steps, self.tune_max_seconds, self.chunk_size = tune_steps, tune_max_seconds, chunk_size
+        # torch.compile'd (torch.compile(model) or model.compile()): torch.func cannot swap its weights
+        self.compiled = hasattr(model, "_orig_mod") or getattr(dist.unwrap(model), "_compiled_call_impl", None) is not None
         self.method = None if impl == "auto" else self._build(Choice(impl, chunk_size))
         self.implementation = None if impl == "auto" else Choice(impl, chunk_size).label
 
@@ -100,7 +107,8 @@ class MSAM:
         ctx = self.context()
         if self.method is None:  # impl="auto": measured once, on this first batch
             options = candidates(self.m, dist.unwrap(self.model), self.precision, dict_inputs=isinstance(inputs, dict),
-                                 reweighting=self.reweighting is not None)
+                                 compiled=self.compiled, reweighting=self.reweighting is not None,
+                                 chunk_size=self.chunk_size)
             methods = {choice: self._build(choice) for choice in options}
             choice, _ = tune(methods, self.model, checked, (inputs, targets), steps=self.tune_steps,
                              max_seconds=self.tune_max_seconds, ctx=ctx)

@@ -164,6 +164,15 @@ def any_flag(flag: bool, ctx: DistContext) -> bool:
     return bool(value.item())
 
 
+def broadcast_object(value, ctx: DistContext):
+    """Rank 0's value (any picklable object) on every process."""
+    if not ctx.enabled:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0, device=ctx.device if ctx.device.type == "cuda" else None)
+    return holder[0]
+
+
 @torch.no_grad()
 def average_batchnorm(model: torch.nn.Module, ctx: DistContext) -> None:
     """Mean of every process's running mean and variance (small buffers: one flat all-reduce)."""

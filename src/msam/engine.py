@@ -91,21 +91,25 @@ class MethodSchedule:
     def __init__(self, cfg: DictConfig, derived: dict, processes: int, precision: Precision) -> None:
         self.cfg, self.processes, self.precision = cfg, processes, precision
         self.switch_epoch = derived.get("switch_epoch")
-        self.choices: dict[str, str] = {}  # config key -> the implementation impl=auto chose
         self.ran: dict[str, str] = {}  # config key -> the implementation of every mSAM / RW-SAM method
 
-    def build(self, model, loss_fn, loader, recorded: dict, ctx: dist.DistContext) -> None:
-        self.first = self._build("method", self.cfg.method, model, loss_fn, loader, recorded, ctx)
-        self.then = (self._build("switch.then", self.cfg.switch.then, model, loss_fn, loader, recorded, ctx)
+    def build(self, model, loss_fn, loader, state: dict | None, ctx: dist.DistContext) -> None:
+        """state: the checkpoint a resumed run continues from (None for a new run)."""
+        self.first = self._build("method", self.cfg.method, model, loss_fn, loader, state, ctx)
+        self.then = (self._build("switch.then", self.cfg.switch.then, model, loss_fn, loader, state, ctx)
                      if self.cfg.switch.then is not None else None)
 
-    def _build(self, key: str, method_cfg: DictConfig, model, loss_fn, loader, recorded: dict, ctx):
+    def _build(self, key: str, method_cfg: DictConfig, model, loss_fn, loader, state: dict | None, ctx):
         if not uses_auto(method_cfg):
-            if method_cfg.name in ("msam", "rwsam"):  # recorded for reports (msam-report table=tab5)
+            if method_cfg.name in ("msam", "rwsam"):  # recorded for resumes and reports (Table 5)
                 self.ran[key] = Choice(method_cfg.get("impl", "loop"), method_cfg.get("chunk_size")).label
             return build_method(method_cfg, self.processes, model, self.precision)
-        if key in recorded:
-            choice = Choice.from_label(recorded[key])
+        recorded = None
+        if state is not None:  # a checkpoint from before impl=auto measured ran the loop on a CPU
+            recorded = state.get("implementations", {}).get(key, "loop")
+        recorded = dist.broadcast_object(recorded, ctx)  # rank 0's checkpoint decides for every process
+        if recorded is not None:
+            choice = Choice.from_label(recorded)
             log.info(f"{key}.impl=auto: {choice.label}, as measured when this run started")
         else:
             inputs, targets = next(iter(loader.epoch(0)))
@@ -113,13 +117,13 @@ class MethodSchedule:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             options = candidates(method_cfg.m // self.processes, dist.unwrap(model), self.precision,
                                  dict_inputs=isinstance(inputs, dict), compiled=self.cfg.compile.enabled,
-                                 reweighting=method_cfg.name == "rwsam")
+                                 reweighting=method_cfg.name == "rwsam", chunk_size=method_cfg.get("chunk_size"))
             methods = {c: build_method(method_cfg, self.processes, model, self.precision, c) for c in options}
             choice, _ = tune(methods, model, loss_fn, (inputs, targets), steps=self.cfg.impl_tuning.steps,
                              max_seconds=self.cfg.impl_tuning.max_seconds, ctx=ctx)
             if len(options) == 1:
                 log.info(f"{key}.impl=auto: {choice.label} (the only implementation for this configuration)")
-        self.choices[key] = self.ran[key] = choice.label
+        self.ran[key] = choice.label
         return build_method(method_cfg, self.processes, model, self.precision, choice)
 
     def for_epoch(self, epoch: int, step: int):
@@ -234,7 +238,7 @@ def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int,
         "epoch": epoch, "step": step, "partial_epoch": asdict(partial or EpochTotals()),
         "model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "grad_scaler": precision.state_dict() if precision is not None else {},
-        "implementations": implementations or {},  # what impl=auto chose: a resumed run keeps it
+        "implementations": implementations or {},  # what ran (impl=auto's choice): a resumed run keeps it
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -328,7 +332,7 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
         precision.load_state_dict(state.get("grad_scaler", {}))
         log.info(f"resuming {run_dir} from {path.name} at epoch {epoch + 1}, batch {partial.batches} (step {step})")
     model = dist.wrap(model, ctx, device)
-    methods.build(model, loss_fn, data.train, state.get("implementations", {}) if state else {}, ctx)
+    methods.build(model, loss_fn, data.train, state, ctx)
     derived.update({f"{key}.impl": label for key, label in methods.ran.items()})
     rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
 
@@ -345,7 +349,7 @@ def train_run(cfg: DictConfig, device: torch.device, ctx: dist.DistContext, run_
     def save(epoch_done: int, in_progress: EpochTotals | None) -> None:
         if ctx.is_main:
             checkpoints.save(run_dir, checkpoint_state(cfg, model, optimizer, scheduler, epoch_done, step,
-                                                       in_progress, precision, methods.choices))
+                                                       in_progress, precision, methods.ran))
 
     progress = Progress(cfg, derived["steps_per_epoch"], step)
     preemption = Preemption().install()

@@ -31,7 +31,10 @@ TMP_PREFIX = "."
 # them must find the same run directory again.
 NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "preemption_check_every", "cpu_allocator",
                      "checkpoint_every_steps", "nonfinite", "nonfinite_check_every", "dist_backend", "impl_tuning", "dataset.root",
-                     "dataset.download", "dataset.num_workers")
+                     "dataset.download", "dataset.num_workers",
+                     # how mSAM is computed, not what: loop and vmap give the same direction (the
+                     # implementation that ran is recorded in the checkpoint and summary.json)
+                     "method.impl", "method.chunk_size", "switch.then.impl", "switch.then.chunk_size")
 
 
 def identity(cfg: DictConfig, also_drop: tuple[str, ...] = ()) -> dict:
@@ -40,8 +43,9 @@ def identity(cfg: DictConfig, also_drop: tuple[str, ...] = ()) -> dict:
         *parents, leaf = dotted.split(".")
         node = container
         for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return container
 
 

@@ -5,10 +5,11 @@ Which of the loop and vmap wins depends on the model, the micro-batch size and t
 loop wins for ResNet-18 at B = 128 on a 2-core CPU, vmap for the small CNN on digits): a rule
 cannot know, a measurement of a few steps does. The tuning leaves no trace: weights, BatchNorm
 buffers, .grad and the random streams are restored afterwards and the optimizer is not touched,
-so a run with auto equals, bit for bit, a run with the implementation auto chose. Under torchrun
-every process runs the same candidates for the same number of rounds and the timings are
-max-reduced, so all processes take the same choice. The engine keeps the choice in the
-checkpoint: a resumed run does not tune again.
+so a run with auto equals, bit for bit, a run with the implementation auto chose. A candidate that
+fails (vmap out of memory, an operation vmap lacks) is dropped with a warning. Under torchrun
+every process runs the same candidates for the same number of rounds (failures and the time cap
+are agreed on) and the timings are max-reduced, so all processes take the same choice. The engine
+keeps the choice in the checkpoint: a resumed run does not tune again.
 """
 
 from __future__ import annotations
@@ -55,15 +56,19 @@ def vmap_refused(model, precision) -> str | None:
 
 
 def candidates(m: int, model, precision, *, dict_inputs: bool = False, compiled: bool = False,
-               reweighting: bool = False) -> list[Choice]:
+               reweighting: bool = False, chunk_size: int | None = None) -> list[Choice]:
     """The implementations that can run this configuration. vmap needs tensor inputs, an
-    uncompiled model and no reweighting (RW-SAM's probe runs in the loop only)."""
+    uncompiled model and no reweighting (RW-SAM's probe runs in the loop only). A chunk_size the
+    user set is the only vmap variant tried (it bounds memory); otherwise all m at once and, for
+    m >= 8, a quarter of them at a time."""
     choices = [Choice("loop")]
     if m == 1 or dict_inputs or compiled or reweighting or vmap_refused(model, precision):
         return choices
+    if chunk_size is not None:
+        return choices + [Choice("vmap", chunk_size)]
     choices.append(Choice("vmap"))
     if m >= 8:
-        choices.append(Choice("vmap", m // 4))  # a quarter of the micro-batches at a time: less memory
+        choices.append(Choice("vmap", m // 4))
     return choices
 
 
@@ -75,29 +80,47 @@ def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, ma
         return next(iter(methods)), {}
     network = dist.unwrap(model)
     params = [p for p in network.parameters() if p.requires_grad]
-    saved_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    tensors = [*network.parameters(), *network.buffers()]  # non-persistent buffers too
+    saved = [t.detach().clone() for t in tensors]
     saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
     device = params[0].device
     saved_rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     times: dict[Choice, list[float]] = {choice: [] for choice in methods}
+    failed: dict[Choice, str] = {}
     start = time.perf_counter()
     try:
         for round_ in range(steps + 1):
             for choice, method in methods.items():
+                if choice in failed:
+                    continue
                 before = timing.now(device)
-                method(model, loss_fn, batch)
-                if round_ > 0:
-                    times[choice].append(1000 * (timing.now(device) - before))
+                error = None
+                try:
+                    method(model, loss_fn, batch)
+                except (RuntimeError, NotImplementedError) as caught:  # out of memory, an op vmap lacks
+                    if choice.impl == "loop":
+                        raise  # the reference implementation: the run could not train at all
+                    error = f"{type(caught).__name__}: {str(caught).splitlines()[0][:200]}"
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                elapsed_ms = 1000 * (timing.now(device) - before)
+                if dist.any_flag(error is not None, ctx):  # dropped on every process, or on none
+                    failed[choice] = error or "failed on another process"
+                elif round_ > 0:
+                    times[choice].append(elapsed_ms)
             if round_ > 0 and dist.any_flag(time.perf_counter() - start > max_seconds, ctx):
                 break
     finally:
         with torch.no_grad():
-            network.load_state_dict(saved_state)
+            torch._foreach_copy_(tensors, saved)
         for p, grad in zip(params, saved_grads):
             p.grad = grad
         torch.set_rng_state(saved_rng[0])
         if saved_rng[1]:
             torch.cuda.set_rng_state_all(saved_rng[1])
+    for choice, reason in failed.items():
+        log.warning(f"impl=auto: {choice.label} cannot run this configuration ({reason}); not a candidate")
+    methods = {choice: method for choice, method in methods.items() if choice not in failed}
     medians = torch.tensor([statistics.median(times[c]) for c in methods], dtype=torch.float64, device=ctx.device)
     dist.all_reduce_([medians], ctx, torch.distributed.ReduceOp.MAX)  # one choice for all processes
     table = {choice.label: ms for choice, ms in zip(methods, medians.tolist())}
