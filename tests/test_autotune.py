@@ -144,13 +144,13 @@ def test_a_run_with_auto_equals_a_run_with_the_chosen_implementation(make_cfg, t
 
 def test_a_resumed_run_keeps_the_choice_without_tuning_again(make_cfg, train_interrupted, monkeypatch):
     calls = []
-    real = engine.tune
+    real = autotune.tune
 
     def counting(methods, *args, **kwargs):
         calls.append(len(methods))
         return real(methods, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "tune", counting)
+    monkeypatch.setattr(autotune, "tune", counting)
     summary = train_interrupted(make_cfg(*DIGITS), in_epoch=2)
     assert calls == [3]  # loop, vmap, vmap in chunks: measured once, when the run started
     assert summary["derived"]["method.impl"] in ("loop", "vmap", "vmap(chunk_size=2)")

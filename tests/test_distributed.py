@@ -1,4 +1,4 @@
-"""DDP on CPU (gloo, 2 processes): invariant 3 of DESIGN.md and the per-device perturbation."""
+"""DDP on CPU (gloo, 2 processes): K processes with m/K each equal one process with m and the per-device perturbation."""
 
 import os
 import socket

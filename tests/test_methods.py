@@ -44,7 +44,7 @@ def max_diff(a, b):
 
 
 def direct_msam(model, data, m, rho):
-    """DESIGN.md's formula written out with torch.func, one micro-batch at a time."""
+    """The mSAM formula (README, "The methods, exactly") written out with torch.func, one micro-batch at a time."""
     model = copy.deepcopy(model).train()
     names = [n for n, _ in model.named_parameters()]
     w = {n: p.detach() for n, p in model.named_parameters()}

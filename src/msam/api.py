@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from msam import dist
-from msam.methods.autotune import Choice, candidates, tune, vmap_refused
+from msam.methods.autotune import Choice, choose, vmap_refused
 from msam.methods.batch import batch_size_of
 from msam.methods.msam_loop import DESCENT_LOSSES, MicroBatchSAMLoop
 from msam.methods.msam_vmap import MicroBatchSAMVmap
@@ -106,13 +106,11 @@ class MSAM:
         checked = per_sample_checked(loss_fn)
         ctx = self.context()
         if self.method is None:  # impl="auto": measured once, on this first batch
-            options = candidates(self.m, dist.unwrap(self.model), self.precision, dict_inputs=isinstance(inputs, dict),
-                                 compiled=self.compiled, reweighting=self.reweighting is not None,
-                                 chunk_size=self.chunk_size)
-            methods = {choice: self._build(choice) for choice in options}
-            choice, _ = tune(methods, self.model, checked, (inputs, targets), steps=self.tune_steps,
-                             max_seconds=self.tune_max_seconds, ctx=ctx)
-            self.method, self.implementation = methods[choice], choice.label
+            choice, self.method = choose(self._build, self.m, self.model, self.precision, checked, (inputs, targets),
+                                         steps=self.tune_steps, max_seconds=self.tune_max_seconds, ctx=ctx,
+                                         compiled=self.compiled, reweighting=self.reweighting is not None,
+                                         chunk_size=self.chunk_size)
+            self.implementation = choice.label
         loss, logits = self.method(self.model, checked, (inputs, targets))
         dist.average_batchnorm(self.model, ctx)
         return loss, logits

@@ -21,7 +21,7 @@ from msam import allocator, timing
 from msam.engine import per_sample_cross_entropy, pick_device
 from msam.dist import DistContext
 from msam.methods import build_method
-from msam.methods.autotune import Choice, candidates, tune
+from msam.methods.autotune import Choice, choose
 from msam.precision import Precision
 from msam.models.cifar_resnet import cifar_resnet
 from msam.models.wide_resnet import WideResNet
@@ -58,10 +58,10 @@ def methods_for(m: int, rho: float, impls, baselines, auto_choice: Choice | None
 
 def auto_choice(model, m: int, rho: float, batch, device, steps: int) -> Choice:
     """What method.impl=auto picks for this model, batch and device (the engine's own tuning)."""
-    options = candidates(m, model, Precision(device.type))
-    methods = {c: build_method(method_config("msam", rho, m=m), model=model, choice=c) for c in options}
-    choice, _ = tune(methods, model, per_sample_cross_entropy(0.0), batch, steps=steps, max_seconds=600,
-                     ctx=DistContext(device=device))
+    config = method_config("msam", rho, m=m)
+    choice, _ = choose(lambda c: build_method(config, model=model, choice=c), m, model, Precision(device.type),
+                       per_sample_cross_entropy(0.0), batch, steps=steps, max_seconds=600,
+                       ctx=DistContext(device=device))
     return choice
 
 

@@ -12,19 +12,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from msam import allocator, checkpoints, dist, runs
+from msam import precision as precisions
 from msam.config import check_config, derived_values
 from msam.data import build_data
 from msam.errors import RunError
 from msam.guard import NonFiniteGuard
 from msam.lock import RunLock
-from msam.methods import build_method, method_label, uses_auto
-from msam.methods.autotune import Choice, candidates, tune
+from msam.method_schedule import MethodSchedule
+from msam.methods import method_label
 from msam.methods.params import trainable_parameters
 from msam.metrics import confusion_update, from_confusion
 from msam.mirror import NoMirror, build_mirror
 from msam.models import build_model
 from msam.optim import build_optimizer
-from msam import precision as precisions
 from msam.precision import Precision
 from msam.preemption import Preemption
 from msam.schedule import build_schedule
@@ -81,57 +81,6 @@ class Progress:
         log.info(f"epoch {epoch + 1}/{self.epochs} step {step_in_epoch}/{self.steps_per_epoch} "
                  f"loss {loss_sum.item() / seen:.4f} acc {100.0 * correct.item() / seen:.2f}% "
                  f"lr {lr:.4g} eta {eta}")
-
-
-class MethodSchedule:
-    """The method of each epoch: cfg.method, or with a switch, cfg.switch.then from switch_epoch on.
-    With impl=auto the implementation is measured once, on the first training batch
-    (msam.methods.autotune), or taken from the checkpoint of a resumed run."""
-
-    def __init__(self, cfg: DictConfig, derived: dict, processes: int, precision: Precision) -> None:
-        self.cfg, self.processes, self.precision = cfg, processes, precision
-        self.switch_epoch = derived.get("switch_epoch")
-        self.ran: dict[str, str] = {}  # config key -> the implementation of every mSAM / RW-SAM method
-
-    def build(self, model, loss_fn, loader, state: dict | None, ctx: dist.DistContext) -> None:
-        """state: the checkpoint a resumed run continues from (None for a new run)."""
-        self.first = self._build("method", self.cfg.method, model, loss_fn, loader, state, ctx)
-        self.then = (self._build("switch.then", self.cfg.switch.then, model, loss_fn, loader, state, ctx)
-                     if self.cfg.switch.then is not None else None)
-
-    def _build(self, key: str, method_cfg: DictConfig, model, loss_fn, loader, state: dict | None, ctx):
-        if not uses_auto(method_cfg):
-            if method_cfg.name in ("msam", "rwsam"):  # recorded for resumes and reports (Table 5)
-                self.ran[key] = Choice(method_cfg.get("impl", "loop"), method_cfg.get("chunk_size")).label
-            return build_method(method_cfg, self.processes, model, self.precision)
-        recorded = None
-        if state is not None:  # a checkpoint from before impl=auto measured ran the loop on a CPU
-            recorded = state.get("implementations", {}).get(key, "loop")
-        recorded = dist.broadcast_object(recorded, ctx)  # rank 0's checkpoint decides for every process
-        if recorded is not None:
-            choice = Choice.from_label(recorded)
-            log.info(f"{key}.impl=auto: {choice.label}, as measured when this run started")
-        else:
-            inputs, targets = next(iter(loader.epoch(0)))
-            if self.cfg.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            options = candidates(method_cfg.m // self.processes, dist.unwrap(model), self.precision,
-                                 dict_inputs=isinstance(inputs, dict), compiled=self.cfg.compile.enabled,
-                                 reweighting=method_cfg.name == "rwsam", chunk_size=method_cfg.get("chunk_size"))
-            methods = {c: build_method(method_cfg, self.processes, model, self.precision, c) for c in options}
-            choice, _ = tune(methods, model, loss_fn, (inputs, targets), steps=self.cfg.impl_tuning.steps,
-                             max_seconds=self.cfg.impl_tuning.max_seconds, ctx=ctx)
-            if len(options) == 1:
-                log.info(f"{key}.impl=auto: {choice.label} (the only implementation for this configuration)")
-        self.ran[key] = choice.label
-        return build_method(method_cfg, self.processes, model, self.precision, choice)
-
-    def for_epoch(self, epoch: int, step: int):
-        if self.then is None or epoch < self.switch_epoch:
-            return self.first
-        if epoch == self.switch_epoch:
-            log.info(f"switching from {self.first.name} to {self.then.name} at epoch {epoch} (step {step})")
-        return self.then
 
 
 @dataclass

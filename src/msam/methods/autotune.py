@@ -128,3 +128,17 @@ def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, ma
     log.info("impl=auto: " + ", ".join(f"{label} {ms:.1f} ms" for label, ms in table.items())
              + f" per step -> {best.label}")
     return best, table
+
+
+def choose(build, m: int, model, precision, loss_fn, batch, *, steps: int, max_seconds: float,
+           ctx: dist.DistContext, compiled: bool = False, reweighting: bool = False,
+           chunk_size: int | None = None) -> tuple[Choice, object]:
+    """impl=auto in one call: the candidates for this configuration, each built by build(choice),
+    tuned on `batch`; returns the choice and its method."""
+    options = candidates(m, dist.unwrap(model), precision, dict_inputs=isinstance(batch[0], dict),
+                         compiled=compiled, reweighting=reweighting, chunk_size=chunk_size)
+    methods = {choice: build(choice) for choice in options}
+    choice, _ = tune(methods, model, loss_fn, batch, steps=steps, max_seconds=max_seconds, ctx=ctx)
+    if len(options) == 1:
+        log.info(f"impl=auto: {choice.label} (the only implementation for this configuration)")
+    return choice, methods[choice]

@@ -2,8 +2,8 @@
 
 For each micro-batch S_j: g_j = grad L_Sj(w), e_j = rho * g_j / (||g_j|| + eps),
 d_j = grad L_Sj(w + e_j); the direction is d = mean_j d_j, accumulated in .grad. The weights
-are restored by copy after each perturbed pass. BatchNorm follows DESIGN.md invariant 4 (see
-batchnorm.py). The perturbation e(g) may be unnormalized or adaptive (perturbation.py). With a
+are restored by copy after each perturbed pass. BatchNorm follows the rule in
+batchnorm.py. The perturbation e(g) may be unnormalized or adaptive (perturbation.py). With a
 reweighting (RW-SAM, reweight.py) the ascent gradient is that of sum_i p_i f_i over the
 micro-batch instead of its mean loss; the descent pass is unchanged unless descent_loss is
 `weighted`.

@@ -9,7 +9,7 @@ are small.
 
 BatchNorm: functional_call gets the running statistics as m stacked copies (in_dims=0), so each
 micro-batch's ascent pass makes its own momentum update from the same start; their mean is the
-single update of DESIGN.md invariant 4. The descent pass gets throw-away copies, so it never
+single update of the BatchNorm rule (batchnorm.py). The descent pass gets throw-away copies, so it never
 changes them. chunk_size bounds the memory of the stacked weights (vmap runs m / chunk_size
 chunks one after another).
 
