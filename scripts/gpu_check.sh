@@ -8,7 +8,9 @@
 # 2. the torch.compile (inductor) test on its own (its first compilation is slow);
 # 3. one short bf16 training per method on synthetic CIFAR-shaped data (ResNet-18, 2 epochs);
 # 4. msam-bench: ResNet-18, WRN-16-8 and the small ViT at B = 128 and 512, m in 1, 4, 16, 32,
-#    loop and vmap; 5. the same with compile. The bench writes its rows after every (model, B, m).
+#    loop and vmap; 5. the same with compile. The bench writes its rows after every (model, B, m);
+# 6. the Hessian-vector product's cost against a forward+backward (scripts/bench_hvp.py), written
+#    to results/bench/hvp_<device>.json and .md.
 # Each phase stops at its own limit or when the budget runs out, whichever is first; whatever
 # finished goes into results/bench/gpu_<device>.json and .md (written on exit, also when
 # interrupted). Commit them.
@@ -37,26 +39,29 @@ limit() {
   [ "$left" -lt "$1" ] && echo $(( left > 5 ? left : 5 )) || echo "$1"
 }
 
-echo "== 1/5 GPU tests (limit $(limit 150)s)"
+echo "== 1/6 GPU tests (limit $(limit 150)s)"
 timeout -k 10 "$(limit 150)" "$PYTHON" -m pytest -m gpu tests/gpu -k "not inductor" -q -p no:cacheprovider \
   --junitxml="$WORK/tests.xml" 2>&1 | tee "$WORK/tests.log" | tail -n 30
 
-echo "== 2/5 torch.compile test (limit $(limit 60)s)"
+echo "== 2/6 torch.compile test (limit $(limit 60)s)"
 timeout -k 10 "$(limit 60)" "$PYTHON" -m pytest -m gpu tests/gpu -k "inductor" -q -p no:cacheprovider \
   --junitxml="$WORK/tests_compile.xml" 2>&1 | tee "$WORK/tests_compile.log" | tail -n 15
 
-echo "== 3/5 one short bf16 training per method (limit $(limit 70)s)"
+echo "== 3/6 one short bf16 training per method (limit $(limit 70)s)"
 TRAIN=(dataset=synthetic dataset.train_size=4096 dataset.test_size=512 model=resnet18 batch_size=128 epochs=2
        precision=bf16 device=cuda log_every_steps=0 "paths.runs=$WORK/runs")
 timeout -k 10 "$(limit 70)" bash -c '"$0" -m msam.train -m method=vanilla,sam,asam,rwsam "${@}" &&
   "$0" -m msam.train -m method=msam method.m=16 method.impl=loop,vmap "${@}"' "$PYTHON" "${TRAIN[@]}" 2>&1 | tail -n 18
 
-echo "== 4/5 msam-bench, loop and vmap (limit $(limit 150)s)"
+echo "== 4/6 msam-bench, loop and vmap (limit $(limit 150)s)"
 timeout -k 10 "$(limit 150)" "$PYTHON" -m msam.bench "name=gpu_bench_eager" "out=$WORK" \
   models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[loop,vmap] repeats=5 warmup=2 \
   device=cuda 2>&1 | grep -v "^|" | tail -n 40
 
-echo "== 5/5 msam-bench, compile (limit $(limit 120)s)"
-timeout -k 10 "$(limit 120)" "$PYTHON" -m msam.bench "name=gpu_bench_compile" "out=$WORK" \
+echo "== 5/6 msam-bench, compile (limit $(limit 90)s)"
+timeout -k 10 "$(limit 90)" "$PYTHON" -m msam.bench "name=gpu_bench_compile" "out=$WORK" \
   models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[compile] baselines=[vanilla,sam] \
   repeats=5 warmup=2 device=cuda 2>&1 | grep -v "^|" | tail -n 30
+
+echo "== 6/6 Hessian-vector product cost (limit $(limit 40)s)"
+timeout -k 10 "$(limit 40)" "$PYTHON" scripts/bench_hvp.py --device cuda --name "hvp_$DEVICE" 2>&1 | tail -n 12

@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call, hessian
 
 from msam.sharpness.measure import NotConverged, measure_sharpness
-from msam.sharpness.operator import ReIterable
+from msam.sharpness.operator import PRODUCTS, ReIterable, TrainingLossHessian
 
 
 def per_sample_ce(logits, targets):
@@ -49,25 +49,38 @@ def exact_hessian(model, x, y, loss=per_sample_ce):
     return hessian(mean_loss)(flat)
 
 
-def measure(model, batches, num_batches, n, loss=per_sample_ce, **options):
+def measure(model, batches, n, loss=per_sample_ce, **options):
     settings = dict(algorithm="lanczos", max_iter=400, tol=1e-10, trace_probes=400, seed=0, keep_unconverged=False)
     settings.update(options)
-    return measure_sharpness(model, batches, num_batches, n, loss, **settings)
+    return measure_sharpness(model, batches, n, loss, **settings)
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
 @pytest.mark.parametrize("algorithm", ["lanczos", "power"])
 @pytest.mark.parametrize("batch_size", [10, 16])  # 16 leaves a last batch of 2
-def test_lambda_max_and_trace_match_the_exact_hessian(algorithm, batch_size):
+def test_lambda_max_and_trace_match_the_exact_hessian(algorithm, batch_size, product):
     model, (x, y) = tiny_bn_model(), data()
     exact = exact_hessian(model, x, y)
     eigenvalues = torch.linalg.eigvalsh(exact)
-    num_batches = -(-len(y) // batch_size)
     options = {"max_iter": 5000, "tol": 1e-9} if algorithm == "power" else {}
-    result = measure(model, batches_of(x, y, batch_size), num_batches, len(y), algorithm=algorithm, **options)
+    result = measure(model, batches_of(x, y, batch_size), len(y), algorithm=algorithm, product=product, **options)
     assert result["converged"]
     assert result["lambda_max"] == pytest.approx(eigenvalues[-1].item(), rel=1e-6)
     assert abs(result["trace"] - exact.trace().item()) < 3 * result["trace_stderr"]
-    assert result["hvp_count"] == result["hvp_count_lambda_max"] + 400
+    assert result["hvp_count"] == result["hvp_count_lambda_max"] + 400 and result["hvp_method"] == product
+
+
+@pytest.mark.parametrize("product", PRODUCTS)
+def test_each_product_equals_the_exact_hessian_times_a_vector(product):
+    """One product against H v from torch.func.hessian, float64, with an unequal last batch."""
+    model, (x, y) = tiny_bn_model(), data()
+    model.eval()
+    exact = exact_hessian(model, x, y)
+    op = TrainingLossHessian(model, batches_of(x, y, 16), len(y), per_sample_ce, product)
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = exact @ v
+    assert torch.linalg.vector_norm(op.matvec(v) - expected) < 1e-10 * torch.linalg.vector_norm(expected)
+    assert op.count == 1
 
 
 def test_a_mean_over_batches_would_be_wrong_with_an_unequal_last_batch():
@@ -98,7 +111,7 @@ def quadratic_loss(w_rows, targets):
 @pytest.mark.parametrize("algorithm", ["lanczos", "power"])
 def test_top_eigenvalue_when_the_largest_in_magnitude_is_negative(algorithm):
     x, y = torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
-    result = measure(Quadratic(), batches_of(x, y, 4), 1, 4, quadratic_loss, algorithm=algorithm,
+    result = measure(Quadratic(), batches_of(x, y, 4), 4, quadratic_loss, algorithm=algorithm,
                      max_iter=3 if algorithm == "lanczos" else 2000, trace_probes=0)
     assert result["lambda_max"] == pytest.approx(2.0, rel=1e-6)
     if algorithm == "power":
@@ -108,7 +121,7 @@ def test_top_eigenvalue_when_the_largest_in_magnitude_is_negative(algorithm):
 def test_model_mode_and_weights_are_left_as_they_were():
     model, (x, y) = tiny_bn_model(), data()
     before = copy.deepcopy(model.state_dict())
-    measure(model, batches_of(x, y, 16), 4, 50, trace_probes=5)
+    measure(model, batches_of(x, y, 16), 50, trace_probes=5)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -116,6 +129,6 @@ def test_model_mode_and_weights_are_left_as_they_were():
 def test_an_unconverged_result_is_refused_unless_kept():
     model, (x, y) = tiny_bn_model(), data()
     with pytest.raises(NotConverged, match="did not converge"):
-        measure(model, batches_of(x, y, 16), 4, 50, max_iter=2, trace_probes=0)
-    kept = measure(model, batches_of(x, y, 16), 4, 50, max_iter=2, trace_probes=0, keep_unconverged=True)
+        measure(model, batches_of(x, y, 16), 50, max_iter=2, trace_probes=0)
+    kept = measure(model, batches_of(x, y, 16), 50, max_iter=2, trace_probes=0, keep_unconverged=True)
     assert kept["converged"] is False

@@ -1,6 +1,9 @@
-"""msam-sharpness on real runs: sharpness.json, refusal of unfinished runs, a folder sweep."""
+"""msam-sharpness on real runs: sharpness.json, refusal of unfinished runs, a folder sweep, torchrun,
+the run's own input pipeline (resize, tokens), and the training set read a batch at a time."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -10,6 +13,9 @@ import torch
 from msam import engine, runs
 from msam.errors import ConfigError
 from msam.sharpness import measure_run
+from msam.sharpness.run import default_settings
+
+CLI = [sys.executable, "-m", "msam.sharpness.cli"]
 
 
 @pytest.fixture
@@ -19,23 +25,41 @@ def finished_run(make_cfg):
     return runs.run_dir_for(cfg)
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_measure_run_writes_sharpness_json(finished_run):
-    result = measure_run(finished_run, max_iter=30, tol=1e-3, trace_probes=8, max_samples=256,
-                         batch_size=100, dtype="float64")
+    settings = default_settings(max_iter=30, tol=1e-3, trace_probes=8, max_samples=256, batch_size=100,
+                                dtype="float64")
+    result = measure_run(finished_run, settings)
     stored = json.loads((finished_run / "sharpness.json").read_text())
     assert stored["lambda_max"] == result["lambda_max"] > 0 and stored["converged"]
     assert stored["data"] == {"dataset": "digits", "split": "train", "samples": 256, "batch_size": 100,
-                              "max_samples": 256, "augmentation": "none", "order": "fixed"}
+                              "max_samples": 256, "input_shape": [1, 8, 8], "augmentation": "none",
+                              "order": "fixed", "processes": 1}
     assert stored["hvp_count"] == 30 + 8 and stored["trace_stderr"] > 0
     assert "weight decay is not included" in stored["loss"] and stored["dtype"] == "float64"
     assert stored["hvp_cost_vs_gradient"] > 0 and stored["checkpoint_epoch"] == 1
+    assert stored["hvp_method"] == "double_backward" and stored["estimated_seconds_at_most"] > 0
 
 
 def test_float32_and_float64_agree(finished_run):
     options = dict(max_iter=40, tol=1e-4, trace_probes=0, max_samples=128)
-    single = measure_run(finished_run, dtype="float32", **options)["lambda_max"]
-    double = measure_run(finished_run, dtype="float64", **options)["lambda_max"]
+    single = measure_run(finished_run, default_settings(dtype="float32", **options))["lambda_max"]
+    double = measure_run(finished_run, default_settings(dtype="float64", **options))["lambda_max"]
     assert single == pytest.approx(double, rel=1e-3)
+
+
+def test_the_products_agree_on_a_trained_run(finished_run):
+    product = "forward_over_reverse"
+    options = dict(max_iter=40, tol=1e-10, trace_probes=4, max_samples=200, batch_size=64, dtype="float64")
+    a = measure_run(finished_run, default_settings(product=product, **options))
+    b = measure_run(finished_run, default_settings(product="double_backward", **options))
+    assert a["lambda_max"] == pytest.approx(b["lambda_max"], rel=1e-10)
+    assert a["trace"] == pytest.approx(b["trace"], rel=1e-10) and a["hvp_method"] == product
 
 
 def test_an_unfinished_run_is_refused(finished_run):
@@ -43,25 +67,115 @@ def test_an_unfinished_run_is_refused(finished_run):
     summary["status"] = "running"
     (finished_run / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(ConfigError, match="run is not finished"):
-        measure_run(finished_run)
+        measure_run(finished_run, default_settings())
 
 
-def test_cli_measures_every_run_in_a_folder_once(make_cfg, tmp_path):
-    for method in ("vanilla", "sam"):
+def test_cli_measures_every_run_in_a_folder_once_and_skips_a_broken_one(make_cfg, tmp_path):
+    for method in ("vanilla", "sam", "msam"):
         engine.train(make_cfg(f"method={method}", "epochs=1"))
-    command = [sys.executable, "-m", "msam.sharpness.cli", f"runs={tmp_path / 'runs'}", "max_iter=15",
-               "tol=1e-2", "trace_probes=2", "max_samples=64", "device=cpu"]
+    broken = next(d for d in (tmp_path / "runs").iterdir() if "msam" in d.name)
+    state = torch.load(broken / "last.pt", weights_only=False)
+    state["model"] = {k: v[:1] if v.dim() else v for k, v in state["model"].items()}  # another architecture
+    torch.save(state, broken / "last.pt")
+    command = [*CLI, f"runs={tmp_path / 'runs'}", "max_iter=15", "tol=1e-2", "trace_probes=2", "max_samples=64",
+               "device=cpu"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     measured = sorted((tmp_path / "runs").glob("*/sharpness.json"))
-    assert len(measured) == 2
+    assert len(measured) == 2 and not (broken / "sharpness.json").exists()
+    skipped = [line for line in (result.stdout + result.stderr).splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and broken.name in skipped[0] and "does not fit the model" in skipped[0]
     stamp = [p.stat().st_mtime_ns for p in measured]
     subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, check=True)
     assert [p.stat().st_mtime_ns for p in measured] == stamp  # already measured: left alone
 
 
 def test_cli_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "msam.sharpness.cli", f"run={tmp_path}/nothing"],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run([*CLI, f"run={tmp_path}/nothing"], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "not a run directory" in result.stderr
+
+
+def test_torchrun_two_processes_equal_one(finished_run, tmp_path):
+    """Each process reads its own share (301 samples: 151 and 150, in batches of 64 with short last
+    ones); the products are summed with one all-reduce; the small CNN has BatchNorm."""
+    options = ["max_iter=60", "tol=1e-12", "trace_probes=6", "max_samples=301", "batch_size=64", "dtype=float64",
+               "device=cpu", "keep_unconverged=true", f"run={finished_run}"]
+    subprocess.run([*CLI, *options], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=True)
+    single = json.loads((finished_run / "sharpness.json").read_text())
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run([torchrun, "--nproc-per-node=2", "--master-port", str(free_port()), "-m",
+                             "msam.sharpness.cli", *options], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    double = json.loads((finished_run / "sharpness.json").read_text())
+    assert double["data"]["processes"] == 2 and single["data"]["processes"] == 1
+    assert double["data"]["samples"] == single["data"]["samples"] == 301
+    assert double["lambda_max"] == pytest.approx(single["lambda_max"], rel=1e-10)
+    assert double["trace"] == pytest.approx(single["trace"], rel=1e-10)
+    assert double["hvp_count"] == single["hvp_count"]
+
+
+def test_a_process_reads_only_its_share_a_batch_at_a_time(finished_run):
+    from omegaconf import OmegaConf
+
+    from msam.data.analysis import analysis_data
+
+    cfg = OmegaConf.load(finished_run / "config.yaml")
+    whole = analysis_data(cfg, 64, 301, 0, torch.device("cpu"), torch.float64)
+    shares = [analysis_data(cfg, 64, 301, 0, torch.device("cpu"), torch.float64, rank, 2) for rank in (0, 1)]
+    sizes = [[len(t) for _, t in share.batches()] for share in shares]
+    assert sizes == [[64, 64, 23], [64, 64, 22]] and all(s.num_samples == 301 for s in shares)
+    joined = torch.cat([x for share in shares for x, _ in share.batches()])
+    assert torch.equal(joined, torch.cat([x for x, _ in whole.batches()]))
+    assert joined.dtype == torch.float64
+
+
+def test_imagenet_is_read_from_disk_with_evaluation_transforms(tmp_path, make_cfg):
+    """An ImageFolder of PNGs (the real format), read by DataLoader workers with the resize + centre
+    crop of evaluation, never as one tensor."""
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    from msam.data.analysis import analysis_data
+    from msam.data.imagenet import inception_transforms
+    from msam.data.loaders import FolderLoader
+
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / "inet" / split / label).mkdir(parents=True)
+            for i in range(5):
+                pixels = (torch.rand(20, 24, 3, generator=gen) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "inet" / split / label / f"{i}.png")
+    cfg = make_cfg("dataset=imagenet", f"dataset.root={tmp_path / 'inet'}", "dataset.num_classes=2",
+                   "dataset.image_size=16", "dataset.resize=18", "dataset.num_workers=1")
+    data = analysis_data(cfg, 4, None, 0, torch.device("cpu"), torch.float64, rank=1, world_size=2)
+    assert isinstance(data.loader, FolderLoader) and data.loader.num_workers == 1
+    assert data.num_samples == 10 and data.input_shape == (3, 16, 16)
+    _, evaluate = inception_transforms(cfg.dataset)
+    files = ImageFolder(str(tmp_path / "inet" / "train"), transform=evaluate)
+    expected = torch.stack([files[i][0] for i in range(5, 10)]).double()  # rank 1's contiguous half
+    got = [(x, y) for x, y in data.batches()]
+    assert [len(y) for _, y in got] == [4, 1]
+    assert torch.equal(torch.cat([x for x, _ in got]), expected)
+
+
+def test_resized_cifar_and_glue_smoke_runs_are_measured_in_one_sweep(make_cfg, tmp_path):
+    """The run's own input pipeline: a CIFAR ViT run trained on upsampled images (dataset.resize) and
+    a GLUE run on token batches, measured by one runs= sweep."""
+    engine.train(make_cfg("experiment=tab2_c10_vit_b16_msam", "smoke=on", "model=vit_s32", "dataset.resize=64",
+                          "model.pretrained_required=false", smoke=False))
+    engine.train(make_cfg("experiment=tab3_cola_msam", "smoke=on", smoke=False))
+    command = [*CLI, f"runs={tmp_path / 'runs'}", "max_iter=4", "tol=1e-2", "trace_probes=1", "device=cpu",
+               "keep_unconverged=true"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped" not in result.stdout + result.stderr
+    assert (result.stdout + result.stderr).count("at most 5 Hessian-vector products") == 2  # the cost, up front
+    measured = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/sharpness.json")}
+    assert len(measured) == 2
+    shapes = sorted(r["data"]["input_shape"] for r in measured.values())
+    assert [3, 64, 64] in shapes and all(r["hvp_count"] == r["hvp_count_lambda_max"] + 1 for r in measured.values())
+    assert all(r["lambda_max"] == r["lambda_max"] for r in measured.values())  # not NaN

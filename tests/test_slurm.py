@@ -94,3 +94,18 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes(tmp_path):
     (summary,) = finished_summaries(tmp_path / "runs")
     rows = runs.read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+
+
+def test_sharpness_template_measures_a_run_with_two_processes(tmp_path):
+    train = [sys.executable, "-m", "msam.train", "method=sam", "epochs=1", "log_every_steps=0", "device=cpu",
+             f"paths.runs={tmp_path}/runs"]
+    subprocess.run(train, capture_output=True, text=True, cwd=tmp_path, check=True, timeout=300)
+    (run_dir,) = [p.parent for p in (tmp_path / "runs").glob("*/summary.json")]
+    job = subprocess.run(["sbatch", "--parsable", f"--chdir={REPO}", *CPU_JOB[:2], "--cpus-per-task=2",
+                          f"--export=ALL,MSAM_PYTHON={sys.executable},NPROC=2,OMP_NUM_THREADS=1",
+                          f"--output={tmp_path}/job.out", "slurm/sharpness.sbatch", f"runs={tmp_path}/runs",
+                          "max_iter=10", "tol=1e-2", "trace_probes=2", "max_samples=101", "device=cpu"],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+    assert wait_for(job) == "COMPLETED", (tmp_path / "job.out").read_text()[-3000:]
+    result = json.loads((run_dir / "sharpness.json").read_text())
+    assert result["data"]["processes"] == 2 and result["data"]["samples"] == 101 and result["converged"]

@@ -11,6 +11,7 @@ import pytest
 
 from msam import engine, runs
 from msam.sharpness import measure_run
+from msam.sharpness.run import default_settings
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +95,7 @@ def test_offline_run_holds_config_metrics_summary_and_sharpness(make_cfg):
     assert [h["_step"] for h in epochs] == [r["step"] for r in rows]
     assert sent_summary["test_acc"] == summary["test_acc"] and sent_summary["epochs_completed"] == 2
 
-    measure_run(run_dir, max_iter=10, tol=1e-2, trace_probes=2, max_samples=64)
+    measure_run(run_dir, default_settings(max_iter=10, tol=1e-2, trace_probes=2, max_samples=64))
     sharpness = json.loads((run_dir / "sharpness.json").read_text())
     assert any(logged(o)[2].get("lambda_max") == sharpness["lambda_max"] for o in offline_runs(run_dir))
 

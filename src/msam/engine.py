@@ -20,6 +20,7 @@ from msam.guard import NonFiniteGuard
 from msam.lock import RunLock
 from msam.method_schedule import MethodSchedule
 from msam.methods import method_label
+from msam.methods.base import model_output
 from msam.methods.params import trainable_parameters
 from msam.metrics import confusion_update, from_confusion
 from msam.mirror import NoMirror, build_mirror
@@ -52,8 +53,7 @@ def evaluate(model, loader, device, precision: Precision, ctx: dist.DistContext,
     confusion = torch.zeros(num_classes, num_classes, device=device, dtype=torch.float64)
     for inputs, targets in loader.epoch(0):
         with precision.forward():
-            logits = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-        logits = logits.logits if hasattr(logits, "logits") else logits
+            logits = model_output(model, inputs)
         totals[0] += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         totals[1] += (logits.argmax(1) == targets).sum()
         totals[2] += targets.shape[0]

@@ -145,7 +145,7 @@ def test_sharpness_on_cuda_equals_the_cpu(device):
         gen = torch.Generator().manual_seed(1)
         x, y = torch.randn(50, 8, generator=gen, dtype=torch.float64).to(dev), torch.randint(0, 5, (50,), generator=gen).to(dev)
         batches = ReIterable(lambda: [(x[i:i + 16], y[i:i + 16]) for i in range(0, 50, 16)])
-        return measure_sharpness(model, batches, 4, 50, per_sample_ce, algorithm="lanczos", max_iter=60, tol=1e-10,
+        return measure_sharpness(model, batches, 50, per_sample_ce, algorithm="lanczos", max_iter=60, tol=1e-10,
                                  trace_probes=10, seed=0, keep_unconverged=False)
 
     cpu, gpu = measure(torch.device("cpu")), measure(device)

@@ -1,16 +1,30 @@
-"""The training set for post-hoc analysis: no augmentation, fixed order, optional fixed subset."""
+"""The training set for post-hoc analysis, as the model saw data at evaluation time.
+
+Same pipeline as the run's evaluation (normalisation, dataset.resize, ImageNet's resize + centre
+crop, GLUE's tokenizer and padding), applied to the *training* split, without augmentation, in a
+fixed order, read a batch at a time: only the current batch is ever on the device. The data set
+stays on the host (CIFAR, digits, tokens) or on disk (ImageNet, read by DataLoader workers).
+
+Under K processes each one reads a contiguous share of the (optionally subsampled) index list:
+ceil(n / K) samples each, the last process fewer. The samples are weighed by 1 / n over all
+processes, so the shares need not be equal.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 
 from msam.data import build_data, check_data
 from msam.data.imagenet import inception_transforms
+from msam.data.loaders import FolderLoader, TensorLoader
+from msam.data.tokens import TokenLoader
 
 
 def subset_indices(n: int, max_samples: int | None, seed: int) -> torch.Tensor:
@@ -20,18 +34,49 @@ def subset_indices(n: int, max_samples: int | None, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values
 
 
-def analysis_batches(cfg, batch_size: int, max_samples: int | None, seed: int, device, dtype):
-    """A list of (inputs, targets) batches over the training set (the last may be shorter)."""
-    check_data(cfg)
-    if cfg.name == "imagenet":
+def process_share(index: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    size = math.ceil(len(index) / world_size)
+    return index[rank * size:(rank + 1) * size]
+
+
+@dataclass
+class AnalysisData:
+    loader: TensorLoader | FolderLoader | TokenLoader  # this process's share, fixed order
+    num_samples: int  # over all processes
+    input_shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def batches(self):
+        """This process's batches on the device; image inputs in the measuring dtype."""
+        for inputs, targets in self.loader.epoch(0):
+            if not isinstance(inputs, dict):
+                inputs = inputs.to(self.dtype)
+            yield inputs, targets
+
+
+def analysis_data(run_cfg, batch_size: int, max_samples: int | None, seed: int, device: torch.device,
+                  dtype: torch.dtype, rank: int = 0, world_size: int = 1) -> AnalysisData:
+    """The training set of the run whose config is run_cfg (its dataset, resize and smoke overlay)."""
+    cfg, smoke = run_cfg.dataset, run_cfg.get("smoke")
+    check_data(cfg, smoke)
+    if cfg.name == "imagenet" and smoke is None:
         _, evaluate = inception_transforms(cfg)
         dataset = ImageFolder(os.path.join(cfg.root, "train"), transform=evaluate)
         index = subset_indices(len(dataset), max_samples, seed)
-        loader = DataLoader(Subset(dataset, index.tolist()), batch_size=batch_size, shuffle=False,
-                            num_workers=cfg.num_workers)
-        return [(x.to(device, dtype), y.to(device)) for x, y in loader]
+        share = process_share(index, rank, world_size)
+        loader = FolderLoader(Subset(dataset, share.tolist()), batch_size, shuffle=False, drop_last=False,
+                              seed=seed, num_workers=cfg.num_workers, device=device)
+        return AnalysisData(loader, len(index), (3, cfg.image_size, cfg.image_size), dtype)
+    # The run's own batch size: the smoke overlay's data depends on it; real data sets do not.
     plain = OmegaConf.merge(cfg, {"augment": False})
-    data = build_data(plain, batch_size=batch_size, eval_batch_size=batch_size, seed=seed, device=device)
-    index = subset_indices(data.train_size, max_samples, seed).to(device)
-    inputs, targets = data.train.inputs[index].to(dtype), data.train.targets[index]
-    return [(inputs[i:i + batch_size], targets[i:i + batch_size]) for i in range(0, len(index), batch_size)]
+    data = build_data(plain, run_cfg.batch_size, run_cfg.batch_size, seed, torch.device("cpu"), smoke)
+    train = data.train
+    index = subset_indices(data.train_size, max_samples, seed)
+    share = process_share(index, rank, world_size)
+    if isinstance(train, TokenLoader):
+        loader = TokenLoader([train.ids[i] for i in share.tolist()], train.labels[share], train.pad_id, batch_size,
+                             shuffle=False, drop_last=False, device=device)
+    else:
+        loader = TensorLoader(train.inputs[share], train.targets[share], batch_size, shuffle=False, drop_last=False,
+                              resize=train.resize, device=device)
+    return AnalysisData(loader, len(index), data.input_shape, dtype)

@@ -33,8 +33,10 @@ class TensorLoader:
         augment: Augment | None = None,
         resize: int | None = None,
         shard: tuple[int, int] = (0, 1),
+        device: torch.device | None = None,
     ) -> None:
         self.inputs, self.targets = inputs, targets
+        self.device = device  # where batches go (None: where the tensors are); resizing happens there
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.augment, self.resize = seed, augment, resize
         self.rank, self.world_size = shard
@@ -73,11 +75,13 @@ class TensorLoader:
                     size = self.batch_size // self.world_size
                     inputs = inputs[self.rank * size:(self.rank + 1) * size]
                     targets = targets[self.rank * size:(self.rank + 1) * size]
+            if self.device is not None:
+                inputs = inputs.to(self.device, non_blocking=True)
+                targets = targets.to(self.device, non_blocking=True)
             if self.resize is not None:
                 inputs = torch.nn.functional.interpolate(inputs, size=(self.resize, self.resize),
                                                          mode="bilinear", align_corners=False)
             yield inputs, targets
-
 
     def _epoch_draws(self, gen: torch.Generator, n: int) -> list[torch.Tensor]:
         """Every batch's augmentation draws, drawn on the CPU in batch order (the stream a batch at

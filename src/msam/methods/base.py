@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 import torch
+from torch.func import functional_call
 
 from msam.methods.batch import Inputs
 
@@ -31,11 +32,26 @@ class Method(Protocol):
         ...
 
 
+def logits_of(outputs) -> torch.Tensor:
+    """The logits of a model's output: transformers' output objects carry them in .logits."""
+    return outputs.logits if hasattr(outputs, "logits") else outputs
+
+
+def model_output(model: torch.nn.Module, inputs: Inputs) -> torch.Tensor:
+    """The logits of one pass; dict inputs (token batches) are passed as keyword arguments."""
+    return logits_of(model(**inputs) if isinstance(inputs, dict) else model(inputs))
+
+
+def functional_output(model: torch.nn.Module, state: dict, inputs: Inputs) -> torch.Tensor:
+    """model_output with the given parameters and buffers (torch.func.functional_call)."""
+    if isinstance(inputs, dict):
+        return logits_of(functional_call(model, state, (), inputs))
+    return logits_of(functional_call(model, state, (inputs,)))
+
+
 def forward_per_sample(model: torch.nn.Module, loss_fn: LossFn, inputs: Inputs, targets: torch.Tensor):
-    """Per-sample losses and logits of one pass; dict inputs are passed as keyword arguments."""
-    logits = model(**inputs) if isinstance(inputs, dict) else model(inputs)
-    if hasattr(logits, "logits"):  # transformers' output objects
-        logits = logits.logits
+    """Per-sample losses and logits of one pass."""
+    logits = model_output(model, inputs)
     return loss_fn(logits, targets), logits
 
 

@@ -20,8 +20,6 @@ averaged direction is all-reduced here, once per step.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -29,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from msam import dist
 from msam.methods.base import LossFn
 from msam.methods.perturbation import Perturbation
+from msam.models.attention import fused_attention_off
 from msam.precision import FP32, Precision
 
 
@@ -38,20 +37,6 @@ def running_stat_names(model: torch.nn.Module) -> list[str]:
         if isinstance(module, _BatchNorm) and module.track_running_stats:
             names += [f"{prefix}.{b}" if prefix else b for b in ("running_mean", "running_var", "num_batches_tracked")]
     return names
-
-
-@contextmanager
-def fused_attention_off(model: torch.nn.Module):
-    """timm's fused attention (scaled_dot_product_attention) has no vmap rule on every device: off
-    for the vmapped passes, restored afterwards (the model's own forward and evaluation keep it)."""
-    modules = [module for module in model.modules() if getattr(module, "fused_attn", False)]
-    for module in modules:
-        module.fused_attn = False
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.fused_attn = True
 
 
 def to_micro_batches(tensor: torch.Tensor, m: int) -> torch.Tensor:

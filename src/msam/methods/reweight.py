@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call
 
+from msam.methods.base import functional_output
 from msam.methods.batchnorm import running_stats_frozen
 from msam.precision import FP32, Precision, exact_fp32
 
@@ -41,13 +41,7 @@ PROBE_BN_MODES = ("batch", "running")
 
 def call(network: torch.nn.Module, params: dict, loss_fn, inputs, targets) -> torch.Tensor:
     """Per-sample losses of network at the given parameters (others as they are)."""
-    if isinstance(inputs, dict):
-        logits = functional_call(network, params, (), inputs)
-    else:
-        logits = functional_call(network, params, (inputs,))
-    if hasattr(logits, "logits"):
-        logits = logits.logits
-    return loss_fn(logits, targets)
+    return loss_fn(functional_output(network, params, inputs), targets)
 
 
 def rng_state(device: torch.device):

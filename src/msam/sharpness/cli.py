@@ -2,6 +2,7 @@
 
     msam-sharpness run=runs/<run dir>      one run
     msam-sharpness runs=runs/demo          every finished run under a folder without sharpness.json
+    torchrun --nproc-per-node=4 -m msam.sharpness.cli run=...   each process reads its share of the data
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from msam import dist
 from msam.errors import ConfigError
 from msam.train import CONF_DIR
 
@@ -30,27 +32,36 @@ def run_dirs(cfg: DictConfig) -> list[Path]:
     return [d for d in found if cfg.overwrite or not (d / "sharpness.json").is_file()]
 
 
-def measure_all(cfg: DictConfig) -> list[dict]:
-    from msam.sharpness.run import measure_run
+def measure_all(cfg: DictConfig, ctx: dist.DistContext) -> list[dict]:
+    """Every run asked for; in a folder sweep a run that cannot be measured is skipped with its
+    reason (one line) and the sweep goes on."""
+    from msam.sharpness.run import check_settings, measure_run
 
+    check_settings(cfg)
     results = []
     for run_dir in run_dirs(cfg):
         try:
-            results.append(measure_run(run_dir, algorithm=cfg.algorithm, max_iter=cfg.max_iter, tol=cfg.tol,
-                                       trace_probes=cfg.trace_probes, batch_size=cfg.batch_size,
-                                       max_samples=cfg.max_samples, dtype=cfg.dtype, device=cfg.device,
-                                       seed=cfg.seed, keep_unconverged=cfg.keep_unconverged))
-        except ConfigError as error:
+            results.append(measure_run(run_dir, cfg, ctx))
+        except Exception as error:  # noqa: BLE001 - a sweep outlives any one run
             if cfg.run is not None:
                 raise
-            log.warning(f"skipped {run_dir}: {error}")  # a folder sweep goes on past one bad run
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            log.warning(f"skipped {run_dir}: {reason}")
     return results
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sharpness")
 def hydra_main(cfg: DictConfig) -> None:
+    from msam.engine import pick_device
+
     try:
-        measure_all(cfg)
+        ctx = dist.init_distributed(pick_device(cfg.device), cfg.dist_backend)
+        if not ctx.is_main:
+            logging.getLogger("msam").setLevel(logging.WARNING)
+        try:
+            measure_all(cfg, ctx)
+        finally:
+            dist.shutdown(ctx)
     except ConfigError as error:
         print(f"msam-sharpness: error: {error}", file=sys.stderr)
         sys.exit(2)

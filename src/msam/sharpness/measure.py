@@ -8,13 +8,19 @@ Weight decay is not part of the loss.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from msam import timing
+from msam.dist import DistContext
 from msam.errors import ConfigError
-from msam.sharpness.operator import PerSampleLoss, ReIterable, training_loss_hessian
+from msam.methods.base import model_output
+from msam.sharpness.operator import PerSampleLoss, ReIterable, TrainingLossHessian
 from msam.sharpness.spectrum import hessian_trace, top_eigenvalue
+
+log = logging.getLogger("msam")
 
 
 class NotConverged(ConfigError):
@@ -26,20 +32,35 @@ def seconds_per_gradient(model: nn.Module, batches: ReIterable, per_sample_loss:
     device = next(model.parameters()).device
     start = timing.now(device)
     for inputs, targets in batches:
-        per_sample_loss(model(inputs), targets).sum().backward()
+        per_sample_loss(model_output(model, inputs), targets).sum().backward()
     seconds = timing.now(device) - start
     model.zero_grad(set_to_none=True)
     return seconds
 
 
-def measure_sharpness(model: nn.Module, batches: ReIterable, num_batches: int, num_samples: int,
-                      per_sample_loss: PerSampleLoss, *, algorithm: str, max_iter: int, tol: float,
-                      trace_probes: int, seed: int, keep_unconverged: bool) -> dict:
+def timed_product(op: TrainingLossHessian, seed: int) -> float:
+    """Seconds of one product (not counted), to announce the cost before the algorithms run."""
+    vector = torch.randn(op.size, generator=torch.Generator().manual_seed(seed), dtype=op.dtype).to(op.device)
+    start = timing.now(op.device)
+    op.matvec(vector)
+    op.count -= 1
+    return timing.now(op.device) - start
+
+
+def measure_sharpness(model: nn.Module, batches: ReIterable, num_samples: int, per_sample_loss: PerSampleLoss, *,
+                      algorithm: str, max_iter: int, tol: float, trace_probes: int, seed: int,
+                      keep_unconverged: bool, product: str = "double_backward",
+                      ctx: DistContext | None = None) -> dict:
+    """lambda_max and the trace of the mean training loss over num_samples samples (all processes)."""
     was_training = model.training
     model.eval()
     try:
-        op = training_loss_hessian(model, batches, num_batches, num_samples, per_sample_loss)
-        device = next(model.parameters()).device
+        op = TrainingLossHessian(model, batches, num_samples, per_sample_loss, product, ctx)
+        first = timed_product(op, seed)
+        most = max_iter * (2 if algorithm == "power" else 1) + trace_probes
+        log.info(f"sharpness: at most {most} Hessian-vector products ({algorithm} max_iter={max_iter}, "
+                 f"trace_probes={trace_probes}), {first:.3g} s each by {product}: at most {most * first / 60:.1f} min")
+        device = op.device
         start = timing.now(device)
         top = top_eigenvalue(algorithm, op, max_iter, tol, seed)
         if not top.converged and not keep_unconverged:
@@ -64,8 +85,10 @@ def measure_sharpness(model: nn.Module, batches: ReIterable, num_batches: int, n
         "trace": trace,
         "trace_stderr": trace_stderr,
         "trace_probes": trace_probes,
+        "hvp_method": product,
         "hvp_count": op.count,
         "hvp_count_lambda_max": eigen_hvps,
+        "estimated_seconds_at_most": most * first,
         "seconds": seconds,
         "seconds_per_hvp": seconds / max(op.count, 1),
         "seconds_per_gradient": gradient_seconds,

@@ -1,5 +1,6 @@
-"""Sharpness of a finished run: rebuild its model from config.yaml and last.pt, measure, and
-write sharpness.json into the run directory."""
+"""Sharpness of a finished run: rebuild its model from config.yaml and last.pt, read its training
+set through its own evaluation pipeline, measure, and write sharpness.json into the run directory
+(rank 0 only, under torchrun)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,46 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from msam import checkpoints, runs
-from msam.data.analysis import analysis_batches
-from msam.engine import per_sample_cross_entropy, pick_device
+from msam import checkpoints, dist, runs
+from msam.data.analysis import analysis_data
+from msam.engine import per_sample_cross_entropy
 from msam.errors import ConfigError
 from msam.mirror import build_mirror
 from msam.models import build_model
 from msam.sharpness.measure import measure_sharpness
-from msam.sharpness.operator import ReIterable
+from msam.sharpness.operator import PRODUCTS, ReIterable
+from msam.train import CONF_DIR
 
 log = logging.getLogger("msam")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+ALGORITHMS = ("lanczos", "power")
+
+
+def default_settings(**overrides) -> DictConfig:
+    """conf/sharpness.yaml's settings (without Hydra's keys), with overrides: for library use."""
+    settings = OmegaConf.load(CONF_DIR / "sharpness.yaml")
+    for key in ("defaults", "hydra"):
+        settings.pop(key, None)
+    return OmegaConf.merge(settings, overrides)
+
+
+def check_settings(settings: DictConfig) -> None:
+    """One line per bad setting, before any run is opened."""
+    if settings.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype '{settings.dtype}'; valid: {', '.join(DTYPES)}")
+    if settings.product not in PRODUCTS:
+        raise ConfigError(f"unknown product '{settings.product}'; valid: {', '.join(PRODUCTS)}")
+    if settings.algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm '{settings.algorithm}'; valid: {', '.join(ALGORITHMS)}")
+    for key in ("max_iter", "batch_size"):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {settings[key]!r}")
+    if not isinstance(settings.trace_probes, int) or settings.trace_probes < 0:
+        raise ConfigError(f"trace_probes must be an integer >= 0, got {settings.trace_probes!r}")
+    if settings.max_samples is not None and (not isinstance(settings.max_samples, int) or settings.max_samples < 1):
+        raise ConfigError(f"max_samples must be null or a positive integer, got {settings.max_samples!r}")
 
 
 def load_finished_run(run_dir: Path):
@@ -42,44 +70,52 @@ def mirror_sharpness(cfg, run_dir: Path, result: dict) -> None:
     mirror.finish()
 
 
-def measure_run(run_dir: str | Path, *, algorithm: str = "lanczos", max_iter: int = 100, tol: float = 1e-4,
-                trace_probes: int = 100, batch_size: int = 1024, max_samples: int | None = None,
-                dtype: str = "float32", device: str = "auto", seed: int = 0,
-                keep_unconverged: bool = False) -> dict:
-    """Measure lambda_max and the trace at the run's final weights; write and return sharpness.json."""
+def rebuilt_model(cfg, state: dict, input_shape, device: torch.device, dtype: torch.dtype, run_dir: Path):
+    model = build_model(cfg.model, cfg.dataset.num_classes, input_shape, cfg.get("smoke"))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # the model the config builds is not the one trained
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"last.pt of {run_dir.name} does not fit the model its config builds: {first}") from None
+    return model.to(device, dtype)
+
+
+def measure_run(run_dir: str | Path, settings: DictConfig, ctx: dist.DistContext | None = None) -> dict:
+    """Measure lambda_max and the trace at the run's final weights; rank 0 writes sharpness.json.
+    settings: conf/sharpness.yaml (default_settings() for library use)."""
     run_dir = Path(run_dir)
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype '{dtype}'; valid: {', '.join(DTYPES)}")
+    check_settings(settings)
+    ctx = ctx or dist.DistContext()
+    dtype = DTYPES[settings.dtype]
     cfg, state = load_finished_run(run_dir)
-    if cfg.model.arch == "transformers":
-        raise ConfigError(f"msam-sharpness measures the image classifiers; a GLUE run ({run_dir.name}) is not "
-                          "supported yet")
-    torch_device = pick_device(device)
-    batches = analysis_batches(cfg.dataset, batch_size, max_samples, seed, torch_device, DTYPES[dtype])
-    num_samples = sum(len(targets) for _, targets in batches)
-    model = build_model(cfg.model, cfg.dataset.num_classes, tuple(batches[0][0].shape[1:]))
-    model.load_state_dict(state["model"])
-    model = model.to(torch_device, DTYPES[dtype])
+    data = analysis_data(cfg, settings.batch_size, settings.max_samples, settings.seed, ctx.device, dtype,
+                         ctx.rank, ctx.world_size)
+    model = rebuilt_model(cfg, state, data.input_shape, ctx.device, dtype, run_dir)
     loss = per_sample_cross_entropy(cfg.label_smoothing)
-    log.info(f"sharpness of {run_dir.name}: {num_samples} training samples in {len(batches)} batches")
-    result = measure_sharpness(model, ReIterable(lambda: batches), len(batches), num_samples, loss,
-                               algorithm=algorithm, max_iter=max_iter, tol=tol, trace_probes=trace_probes,
-                               seed=seed, keep_unconverged=keep_unconverged)
+    log.info(f"sharpness of {run_dir.name}: {data.num_samples} training samples over {ctx.world_size} process(es), "
+             f"batches of {settings.batch_size}")
+    result = measure_sharpness(model, ReIterable(data.batches), data.num_samples, loss,
+                               algorithm=settings.algorithm, max_iter=settings.max_iter, tol=settings.tol,
+                               trace_probes=settings.trace_probes, seed=settings.seed,
+                               keep_unconverged=settings.keep_unconverged, product=settings.product, ctx=ctx)
     result.update({
         "run": run_dir.name,
         "checkpoint_epoch": state["epoch"],
         "loss": f"mean cross-entropy with label_smoothing={cfg.label_smoothing} over the samples below; "
                 "weight decay is not included",
-        "data": {"dataset": cfg.dataset.name, "split": "train", "samples": num_samples,
-                 "batch_size": batch_size, "max_samples": max_samples, "augmentation": "none",
-                 "order": "fixed"},
+        "data": {"dataset": cfg.dataset.name, "split": "train", "samples": data.num_samples,
+                 "batch_size": settings.batch_size, "max_samples": settings.max_samples,
+                 "input_shape": list(data.input_shape), "augmentation": "none", "order": "fixed",
+                 "processes": ctx.world_size},
         "model_mode": "eval (BatchNorm running statistics, no dropout)",
-        "dtype": dtype,
-        "provenance": runs.provenance(torch_device),
+        "dtype": settings.dtype,
+        "provenance": runs.provenance(ctx.device),
     })
-    runs.write_json(run_dir / "sharpness.json", result)
-    mirror_sharpness(cfg, run_dir, result)
+    if ctx.is_main:
+        runs.write_json(run_dir / "sharpness.json", result)
+        mirror_sharpness(cfg, run_dir, result)
     trace = "not measured" if result["trace"] is None else f"{result['trace']:.4g} ± {result['trace_stderr']:.2g}"
     log.info(f"lambda_max {result['lambda_max']:.4g} (converged {result['converged']}), trace {trace}, "
-             f"{result['hvp_count']} HVPs in {result['seconds']:.1f}s")
+             f"{result['hvp_count']} HVPs in {result['seconds']:.1f}s "
+             f"({result['hvp_cost_vs_gradient']:.2f}x a forward+backward each)")
     return result

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from hessian_eigenthings import LambdaOperator, hutchinson, lanczos, power_iteration_one
 
-from msam.sharpness.operator import CountingOperator
+from msam.sharpness.operator import TrainingLossHessian
 
 
 @dataclass
@@ -26,7 +26,7 @@ class TopEigenvalue:
     largest_magnitude: float | None  # power iteration's dominant eigenvalue (None for Lanczos)
 
 
-def top_eigenvalue_lanczos(op: CountingOperator, max_iter: int, tol: float, seed: int) -> TopEigenvalue:
+def top_eigenvalue_lanczos(op: TrainingLossHessian, max_iter: int, tol: float, seed: int) -> TopEigenvalue:
     steps = min(max_iter, op.size)
     result = lanczos(op, k=1, max_iter=steps, tol=tol, reorthogonalize=True, which="LA", seed=seed)
     return TopEigenvalue(float(result.eigenvalues[0]), float(result.residuals[0]), steps,
@@ -38,7 +38,7 @@ def power_top(op, max_iter: int, tol: float, seed: int):
     return value, residual, iterations, converged
 
 
-def top_eigenvalue_power(op: CountingOperator, max_iter: int, tol: float, seed: int) -> TopEigenvalue:
+def top_eigenvalue_power(op: TrainingLossHessian, max_iter: int, tol: float, seed: int) -> TopEigenvalue:
     dominant, residual, iterations, converged = power_top(op, max_iter, tol, seed)
     if dominant >= 0:
         return TopEigenvalue(dominant, residual, iterations, converged, dominant)
@@ -47,7 +47,7 @@ def top_eigenvalue_power(op: CountingOperator, max_iter: int, tol: float, seed: 
     return TopEigenvalue(gap + dominant, residual, iterations + more, converged and converged_shifted, dominant)
 
 
-def hessian_trace(op: CountingOperator, probes: int, seed: int) -> tuple[float, float]:
+def hessian_trace(op: TrainingLossHessian, probes: int, seed: int) -> tuple[float, float]:
     """Hutchinson's estimate with Rademacher probes, and its standard error."""
     result = hutchinson(op, num_samples=probes, distribution="rademacher", seed=seed)
     return float(result.estimate), float(result.stderr)
@@ -56,5 +56,5 @@ def hessian_trace(op: CountingOperator, probes: int, seed: int) -> tuple[float, 
 ALGORITHMS = {"lanczos": top_eigenvalue_lanczos, "power": top_eigenvalue_power}
 
 
-def top_eigenvalue(algorithm: str, op: CountingOperator, max_iter: int, tol: float, seed: int) -> TopEigenvalue:
+def top_eigenvalue(algorithm: str, op: TrainingLossHessian, max_iter: int, tol: float, seed: int) -> TopEigenvalue:
     return ALGORITHMS[algorithm](op, max_iter, tol, seed)
