@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,12 +134,28 @@ def test_compiled_model_gives_the_same_training(make_cfg):
     state = torch.load(runs.run_dir_for(make_cfg("method=msam", "method.m=4", "epochs=1", "compile.enabled=true",
                                                  "compile.backend=aot_eager")) / "last.pt", weights_only=True)
     assert not any(key.startswith("_orig_mod") for key in state["model"])  # checkpoints load without compile
+    assert_same_model(plain, compiled)
+
+
+def assert_same_model(a: dict, b: dict, tolerance: float = 1e-4) -> None:
+    """Every weight and BatchNorm buffer of two finished runs' last.pt within tolerance (relative to
+    the tensor's size), and num_batches_tracked equal: the same training, not just the same loss."""
+    first = torch.load(Path(a["run_dir"]) / "last.pt", weights_only=True)["model"]
+    second = torch.load(Path(b["run_dir"]) / "last.pt", weights_only=True)["model"]
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        if value.is_floating_point():
+            assert (value - second[key]).abs().max() <= tolerance * max(value.abs().max().item(), 1.0), key
+        else:
+            assert torch.equal(value, second[key]), key
+    assert any("running_var" in key for key in first)  # the BatchNorm buffers are among them
 
 
 def test_channels_last_gives_the_same_training(make_cfg):
     plain = engine.train(make_cfg("method=msam", "method.m=4", "epochs=1"))
     nhwc = engine.train(make_cfg("method=msam", "method.m=4", "epochs=1", "channels_last=true"))
     assert abs(plain["train_loss"] - nhwc["train_loss"]) < 1e-4
+    assert_same_model(plain, nhwc)
 
 
 @pytest.mark.parametrize("method", [("method=rwsam",), ("method=msam", "method.impl=vmap")])

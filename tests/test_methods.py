@@ -44,7 +44,7 @@ def max_diff(a, b):
 
 
 def direct_msam(model, data, m, rho):
-    """The mSAM formula (README, "The methods, exactly") written out with torch.func, one micro-batch at a time."""
+    """The mSAM formula (docs/methods.md, "The methods, exactly") written out with torch.func, one micro-batch at a time."""
     model = copy.deepcopy(model).train()
     names = [n for n, _ in model.named_parameters()]
     w = {n: p.detach() for n, p in model.named_parameters()}
@@ -76,13 +76,21 @@ def test_sam_rho_zero_gives_vanilla_direction_with_batchnorm():
     assert max_diff(direction(MicroBatchSAMLoop(m=1, rho=0.0, eps=EPS), model, data), vanilla) < 1e-14
 
 
-def test_msam_with_one_micro_batch_is_sam():
+def test_sam_and_msam_with_one_micro_batch_follow_the_sam_formula():
+    """The configs' sam and msam (m = 1) built as msam-train builds them, against the formula written
+    out independently (direct_msam), on a BatchNorm model; and SAM is not vanilla, so this has teeth."""
+    from omegaconf import OmegaConf
+
+    from msam.methods import build_method
+    from msam.train import CONF_DIR
+
     model, data = tiny_bn_net(), batch()
-    sam = direction(MicroBatchSAMLoop(m=1, rho=0.1, eps=EPS, name="sam"), model, data)
-    msam = direction(MicroBatchSAMLoop(m=1, rho=0.1, eps=EPS, name="msam"), model, data)
-    assert max_diff(sam, msam) == 0.0
-    # and it really is a different direction from vanilla's, so the check has teeth
-    assert max_diff(sam, direction(Vanilla(), model, data)) > 1e-4
+    expected = direct_msam(model, data, 1, 0.1)
+    for name in ("sam", "msam"):
+        cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml"),
+                              {"m": 1, "rho": 0.1, "eps": EPS, "impl": "loop"})
+        assert max_diff(direction(build_method(cfg), model, data), expected) < 1e-12, name
+    assert max_diff(expected, direction(Vanilla(), model, data)) > 1e-4
 
 
 class Quadratic(nn.Module):

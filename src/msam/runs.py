@@ -9,13 +9,14 @@ sees half a file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 import platform
 import socket
 import subprocess
 import sys
-import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -23,8 +24,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from msam.errors import RunError
+from msam.lock import RunLock
 from msam.methods import method_label
 
+log = logging.getLogger("msam")
 TMP_PREFIX = "."
 
 # Keys that say where things are or how a run is watched, not what is trained: changing
@@ -85,14 +88,7 @@ def write_atomic(path: Path, data: bytes, keep_previous: Path | None = None) -> 
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
-            pause = float(os.environ.get("MSAM_FAULT_WRITE_PAUSE", "0"))  # tests: widen the kill window
-            if pause:
-                handle.write(data[:len(data) // 2])
-                handle.flush()
-                time.sleep(pause)
-                handle.write(data[len(data) // 2:])
-            else:
-                handle.write(data)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         if keep_previous is not None and path.exists():
@@ -171,3 +167,20 @@ def provenance(device: torch.device) -> dict:
         "host": socket.gethostname(),
         "command": " ".join(sys.argv),
     }
+
+
+@contextmanager
+def opened(run_dir: Path, is_main: bool):
+    """The run directory for the block: created, locked against a second process, cleared of the
+    temporary files a killed process left (rank 0 only; other processes never write it)."""
+    lock = RunLock(run_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        stale = remove_stale_temporaries(run_dir)
+        if stale:
+            log.info(f"removed unfinished writes of a killed process: {', '.join(stale)}")
+    try:
+        yield run_dir
+    finally:
+        lock.release()

@@ -13,8 +13,13 @@ TRAIN = ["method=msam", "method.m=4", "method.impl=loop", "batch_size=16", f"epo
          "checkpoint_every_steps=5"]
 
 
-def command(runs_dir, *extra):
-    return [sys.executable, "-m", "msam.train", *TRAIN, f"paths.runs={runs_dir}", *extra]
+SLOW_WRITES = os.path.join(os.path.dirname(__file__), "slow_writes.py")
+
+
+def command(runs_dir, *extra, slow_writes=False):
+    """msam-train on TRAIN; slow_writes: every run-directory write pauses halfway (slow_writes.py)."""
+    launcher = [SLOW_WRITES] if slow_writes else ["-m", "msam.train"]
+    return [sys.executable, *launcher, *TRAIN, f"paths.runs={runs_dir}", *extra]
 
 
 def environment(**extra):

@@ -76,9 +76,9 @@ def test_kill_at_random_steps_then_rerun_is_bit_identical(tmp_path, reference):
 
 def test_kill_during_a_checkpoint_write_then_rerun_is_bit_identical(tmp_path, reference):
     runs_dir = tmp_path / "runs"
-    slow = environment(MSAM_FAULT_WRITE_PAUSE="0.3")  # every write pauses halfway: a window to kill in
-    for _ in range(2):
-        process = subprocess.Popen(command(runs_dir), env=slow, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(2):  # every write pauses halfway: a window to kill in
+        process = subprocess.Popen(command(runs_dir, slow_writes=True), env=environment(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
         assert kill_when(process, lambda: any(runs_dir.glob("*/.last.pt.tmp*")))
     run_dir = the_run(runs_dir)
     assert list(run_dir.glob(".last.pt.tmp*"))  # a half-written checkpoint is left behind

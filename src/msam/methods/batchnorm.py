@@ -1,4 +1,4 @@
-"""BatchNorm running statistics under SAM-style methods (README, "BatchNorm").
+"""BatchNorm running statistics under SAM-style methods (docs/methods.md, "BatchNorm").
 
 Every pass normalises with its own micro-batch's statistics. The running statistics get
 exactly one momentum update per optimizer step, computed from the mean of the ascent

@@ -35,7 +35,7 @@ def check_model(cfg) -> None:
         check_checkpoint(cfg.get("checkpoint"))
     if cfg.get("pretrained_required") and cfg.get("checkpoint") is None:
         raise ConfigError(f"model {cfg.name} is fine-tuned from pretrained weights here: give "
-                          f"model.checkpoint=PATH (README, 'Models', says how to get them)")
+                          f"model.checkpoint=PATH (docs/training.md, 'Models', says how to get them)")
 
 
 def build_model(cfg, num_classes: int, input_shape: tuple[int, ...], smoke=None) -> nn.Module:

@@ -14,7 +14,7 @@ same numbers. tests/test_sharpness.py checks the operator against torch.func.hes
 Two ways to compute a product (sharpness.product), equal to rounding:
   double_backward       g = grad(L) with create_graph, then grad(g . v): reverse over reverse
   forward_over_reverse  jvp(grad(L), v) (torch.func): forward mode through the gradient
-The measured costs are in results/bench/hvp_*.md and the README ("Sharpness"). The third
+The measured costs are in results/bench/hvp_*.md and docs/sharpness.md. The third
 order, reverse over forward (grad of jvp(L, v)), is left out on purpose: in torch 2.14 it is
 wrong through LayerNorm (a 3-layer MLP with one LayerNorm: grad-of-jvp and jvp-of-grad differ
 by 3.9 in float64; on the small ViT the product is 7% off a finite difference).
