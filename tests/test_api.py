@@ -122,7 +122,7 @@ def test_misuse_is_one_clear_error():
     with pytest.raises(msam.UsageError, match="no trainable parameters"):
         msam.MSAM(tiny_bn_net().requires_grad_(False))
     with pytest.raises(msam.UsageError, match="RW-SAM's reweighting runs with impl='loop'"):
-        msam.MSAM(model, impl="vmap", reweighting=msam.GibbsReweighting())
+        msam.MSAM(model, impl="vmap", reweighting=msam.GibbsReweighting.defaults())
 
 
 def test_the_readme_example_runs(tmp_path):

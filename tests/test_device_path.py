@@ -153,7 +153,7 @@ def test_timers_synchronise_the_device(monkeypatch):
 
 def test_vmap_leaves_fused_attention_as_the_model_had_it():
     """vmap needs the unfused attention; the model's own forward (evaluation, the loop) keeps SDPA."""
-    from msam.methods.msam_vmap import MicroBatchSAMVmap
+    from msam.methods.msam_vmap import SAMVmap
 
     class Attention(nn.Module):
         fused_attn = True
@@ -167,7 +167,7 @@ def test_vmap_leaves_fused_attention_as_the_model_had_it():
             return self.proj(x)
 
     model = nn.Sequential(Attention(), nn.Linear(6, 3))
-    MicroBatchSAMVmap(m=2, rho=0.1, eps=1e-12)(
+    SAMVmap(m=2, rho=0.1, eps=1e-12)(
         model, lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="none"),
         (torch.randn(8, 6), torch.randint(0, 3, (8,))))
     assert model[0].seen and not any(model[0].seen)  # off inside the vmapped passes

@@ -13,8 +13,8 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from msam import dist
-from msam.methods.msam_loop import MicroBatchSAMLoop
-from msam.methods.msam_vmap import MicroBatchSAMVmap
+from msam.methods.msam_loop import SAMLoop
+from msam.methods.msam_vmap import SAMVmap
 from msam.methods.reweight import GibbsReweighting
 
 WORLD = 2
@@ -58,15 +58,15 @@ def fixed_rademacher(tensor):
 
 
 def rwsam(m):
-    return MicroBatchSAMLoop(m=m, rho=0.3, eps=1e-12, name="rwsam", reweighting=GibbsReweighting(lam=3.0, delta=1e-6))
+    return SAMLoop(m=m, rho=0.3, eps=1e-12, name="rwsam", reweighting=GibbsReweighting.defaults(lam=3.0, delta=1e-6))
 
 
 def build_implementation(variant, m):
     if variant == "vmap":
-        return MicroBatchSAMVmap(m=m, rho=0.3, eps=1e-12)
+        return SAMVmap(m=m, rho=0.3, eps=1e-12)
     if variant == "rwsam":
         return rwsam(m)
-    return MicroBatchSAMLoop(m=m, rho=0.3, eps=1e-12)
+    return SAMLoop(m=m, rho=0.3, eps=1e-12)
 
 
 def worker(rank, port, m_per_process, variant, out_path):
@@ -125,7 +125,7 @@ def run_ddp(tmp_path, m_per_process, variant="as_shipped"):
 
 
 def single_process(m):
-    return train(tiny_bn_net(), MicroBatchSAMLoop(m=m, rho=0.3, eps=1e-12), global_batches())
+    return train(tiny_bn_net(), SAMLoop(m=m, rho=0.3, eps=1e-12), global_batches())
 
 
 def max_diff(a, b):

@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from msam.methods.batch import split_batch
-from msam.methods.msam_loop import MicroBatchSAMLoop
+from msam.methods.msam_loop import SAMLoop
 from msam.methods.vanilla import Vanilla
 
 EPS = 1e-12
@@ -67,13 +67,13 @@ def direct_msam(model, data, m, rho):
 def test_rho_zero_gives_vanilla_direction(m):
     model, data = tiny_mlp(), batch()
     vanilla = direction(Vanilla(), model, data)
-    assert max_diff(direction(MicroBatchSAMLoop(m=m, rho=0.0, eps=EPS), model, data), vanilla) < 1e-14
+    assert max_diff(direction(SAMLoop(m=m, rho=0.0, eps=EPS), model, data), vanilla) < 1e-14
 
 
 def test_sam_rho_zero_gives_vanilla_direction_with_batchnorm():
     model, data = tiny_bn_net(), batch()
     vanilla = direction(Vanilla(), model, data)
-    assert max_diff(direction(MicroBatchSAMLoop(m=1, rho=0.0, eps=EPS), model, data), vanilla) < 1e-14
+    assert max_diff(direction(SAMLoop(m=1, rho=0.0, eps=EPS), model, data), vanilla) < 1e-14
 
 
 def test_sam_and_msam_with_one_micro_batch_follow_the_sam_formula():
@@ -113,7 +113,7 @@ def test_sam_direction_on_a_quadratic_matches_hand_computation():
 
     model, rho = Quadratic([1.0, -2.0]), 0.3
     data = (torch.zeros(4, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long))
-    MicroBatchSAMLoop(m=1, rho=rho, eps=0.0)(model, quadratic_loss, data)
+    SAMLoop(m=1, rho=rho, eps=0.0)(model, quadratic_loss, data)
     # g = A w + b = (3 - 2 + 0.5, 1 - 4 - 1) = (1.5, -4.0); ||g|| = sqrt(18.25)
     w = torch.tensor([1.0, -2.0], dtype=torch.float64)
     g = torch.tensor([1.5, -4.0], dtype=torch.float64)
@@ -125,7 +125,7 @@ def test_sam_direction_on_a_quadratic_matches_hand_computation():
 @pytest.mark.parametrize("make_model", [tiny_mlp, tiny_bn_net])
 def test_msam_equals_direct_formula(m, make_model):
     model, data = make_model(), batch()
-    ours = direction(MicroBatchSAMLoop(m=m, rho=0.2, eps=EPS), model, data)
+    ours = direction(SAMLoop(m=m, rho=0.2, eps=EPS), model, data)
     assert max_diff(ours, direct_msam(model, data, m, 0.2)) < 1e-13
     if m > 1:  # mSAM is not SAM: the comparison would catch a method that ignored m
         assert max_diff(ours, direct_msam(model, data, 1, 0.2)) > 1e-4
@@ -134,7 +134,7 @@ def test_msam_equals_direct_formula(m, make_model):
 def test_weights_are_restored_exactly():
     model, data = tiny_bn_net(), batch()
     before = [p.detach().clone() for p in model.parameters()]
-    MicroBatchSAMLoop(m=4, rho=0.5, eps=EPS)(model, per_sample_ce, data)
+    SAMLoop(m=4, rho=0.5, eps=EPS)(model, per_sample_ce, data)
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q)  # bitwise: restored by copy, not by subtracting e
 
@@ -143,7 +143,7 @@ def test_clean_loss_and_logits_are_at_the_unperturbed_weights():
     model, data = tiny_bn_net(), batch()
     reference = copy.deepcopy(model).train()
     expected = torch.stack([per_sample_ce(reference(x), y).mean() for x, y in split_batch(data, 4)]).mean()
-    loss, logits = MicroBatchSAMLoop(m=4, rho=0.5, eps=EPS)(model, per_sample_ce, data)
+    loss, logits = SAMLoop(m=4, rho=0.5, eps=EPS)(model, per_sample_ce, data)
     assert torch.allclose(loss, expected, atol=1e-15)
     assert logits.shape == (16, 3)
 
@@ -163,7 +163,7 @@ def test_batchnorm_running_stats_get_one_update_from_mean_micro_batch_statistics
     stats_var = torch.stack([h.var(0, unbiased=True) for h in hidden.chunk(4)]).mean(0)
     factor = 0.1 if momentum is not None else 1.0 / 4  # cumulative average after the 4th batch
 
-    MicroBatchSAMLoop(m=4, rho=0.5, eps=EPS)(model, per_sample_ce, data)
+    SAMLoop(m=4, rho=0.5, eps=EPS)(model, per_sample_ce, data)
 
     assert torch.allclose(bn.running_mean, (1 - factor) * old_mean + factor * stats_mean, atol=1e-14)
     assert torch.allclose(bn.running_var, (1 - factor) * old_var + factor * stats_var, atol=1e-14)
@@ -174,7 +174,7 @@ def test_batchnorm_with_one_micro_batch_is_pytorchs_usual_update():
     model, data = tiny_bn_net(), batch()
     reference = copy.deepcopy(model).train()
     reference(data[0])  # one ordinary training forward
-    MicroBatchSAMLoop(m=1, rho=0.5, eps=EPS)(model, per_sample_ce, data)
+    SAMLoop(m=1, rho=0.5, eps=EPS)(model, per_sample_ce, data)
     for ours, theirs in zip(model[1].buffers(), reference[1].buffers()):
         assert torch.equal(ours, theirs)
 
@@ -189,7 +189,7 @@ def test_split_batch_handles_dict_inputs():
 
 # --- method.impl=vmap: the same direction and BatchNorm semantics as the loop ---------------
 
-from msam.methods.msam_vmap import MicroBatchSAMVmap  # noqa: E402
+from msam.methods.msam_vmap import SAMVmap  # noqa: E402
 
 
 def tiny_cnn_bn():
@@ -210,8 +210,8 @@ def test_vmap_gives_the_loops_direction_and_batchnorm_buffers(m, make, chunk_siz
     model, data = {"mlp": (tiny_mlp, batch), "bn_mlp": (tiny_bn_net, batch), "cnn_bn": (tiny_cnn_bn, image_batch)}[make]
     model, data = model(), data()
     loop_model, vmap_model = copy.deepcopy(model).train(), copy.deepcopy(model).train()
-    loop_loss, loop_logits = MicroBatchSAMLoop(m=m, rho=0.2, eps=EPS)(loop_model, per_sample_ce, data)
-    vmap_loss, vmap_logits = MicroBatchSAMVmap(m=m, rho=0.2, eps=EPS, chunk_size=chunk_size)(
+    loop_loss, loop_logits = SAMLoop(m=m, rho=0.2, eps=EPS)(loop_model, per_sample_ce, data)
+    vmap_loss, vmap_logits = SAMVmap(m=m, rho=0.2, eps=EPS, chunk_size=chunk_size)(
         vmap_model, per_sample_ce, data)
     assert max_diff([p.grad for p in vmap_model.parameters()], [p.grad for p in loop_model.parameters()]) < 1e-12
     assert max_diff(list(vmap_model.buffers()), list(loop_model.buffers())) < 1e-12 if list(model.buffers()) else True

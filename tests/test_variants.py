@@ -8,8 +8,8 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 from msam.methods.batchnorm import running_stats_frozen
-from msam.methods.msam_loop import MicroBatchSAMLoop
-from msam.methods.msam_vmap import MicroBatchSAMVmap
+from msam.methods.msam_loop import SAMLoop
+from msam.methods.msam_vmap import SAMVmap
 from msam.methods.reweight import GibbsReweighting, rng_state
 from msam.methods.vanilla import Vanilla
 from test_methods import EPS, batch, direct_msam, direction, max_diff, per_sample_ce, tiny_bn_net, tiny_mlp
@@ -17,17 +17,17 @@ from test_methods import EPS, batch, direct_msam, direction, max_diff, per_sampl
 
 def rwsam(m=1, rho=0.2, **options):
     values = {"lam": 2.0, "delta": 1e-6, "probes": 2, "norm_scale": "relative", "probe_bn": "batch"} | options
-    return MicroBatchSAMLoop(m=m, rho=rho, eps=EPS, name="rwsam", reweighting=GibbsReweighting(**values))
+    return SAMLoop(m=m, rho=rho, eps=EPS, name="rwsam", reweighting=GibbsReweighting(**values))
 
 
 @pytest.mark.parametrize("make_method", [
     lambda: rwsam(rho=0.0),
     lambda: rwsam(m=4, rho=0.0),
-    lambda: MicroBatchSAMLoop(m=1, rho=0.0, eps=EPS, adaptive=True),
-    lambda: MicroBatchSAMLoop(m=4, rho=0.0, eps=EPS, adaptive=True),
-    lambda: MicroBatchSAMLoop(m=4, rho=0.0, eps=EPS, normalize=False),
-    lambda: MicroBatchSAMVmap(m=4, rho=0.0, eps=EPS, adaptive=True),
-    lambda: MicroBatchSAMVmap(m=4, rho=0.0, eps=EPS, normalize=False),
+    lambda: SAMLoop(m=1, rho=0.0, eps=EPS, adaptive=True),
+    lambda: SAMLoop(m=4, rho=0.0, eps=EPS, adaptive=True),
+    lambda: SAMLoop(m=4, rho=0.0, eps=EPS, normalize=False),
+    lambda: SAMVmap(m=4, rho=0.0, eps=EPS, adaptive=True),
+    lambda: SAMVmap(m=4, rho=0.0, eps=EPS, normalize=False),
 ], ids=["rwsam", "rwsam-m4", "asam", "asam-m4", "musam-m4", "asam-vmap", "musam-vmap"])
 def test_rho_zero_gives_vanilla(make_method):
     method = make_method()
@@ -59,7 +59,7 @@ def test_unnormalized_msam_on_a_quadratic_matches_its_formula(m):
     def quadratic(rows, targets):
         return 0.5 * torch.einsum("bi,ij,bj->b", rows, a, rows)
 
-    MicroBatchSAMLoop(m=m, rho=rho, eps=EPS, normalize=False)(model, quadratic, data)
+    SAMLoop(m=m, rho=rho, eps=EPS, normalize=False)(model, quadratic, data)
     w = torch.tensor([1.0, -2.0], dtype=torch.float64)
     g = [a @ (w + part.mean(0)) for part in x.chunk(m)]
     expected = torch.stack([(torch.eye(2, dtype=torch.float64) + rho * a) @ gj for gj in g]).mean(0)
@@ -71,8 +71,8 @@ def test_unnormalized_msam_on_a_quadratic_matches_its_formula(m):
 @pytest.mark.parametrize("make_model", [tiny_mlp, tiny_bn_net])
 def test_vmap_and_loop_agree_for_the_variants(options, make_model):
     model, data = make_model(), batch()
-    loop = direction(MicroBatchSAMLoop(m=4, rho=0.3, eps=EPS, **options), model, data)
-    vmapped = direction(MicroBatchSAMVmap(m=4, rho=0.3, eps=EPS, **options), model, data)
+    loop = direction(SAMLoop(m=4, rho=0.3, eps=EPS, **options), model, data)
+    vmapped = direction(SAMVmap(m=4, rho=0.3, eps=EPS, **options), model, data)
     assert max_diff(loop, vmapped) < 1e-10
     assert max_diff(loop, direct_msam(model, data, 4, 0.3)) > 1e-4  # the variant changes the direction
 
@@ -83,10 +83,10 @@ def test_asam_with_t_equal_to_one_is_sam():
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(0.25 * torch.sign(torch.randn_like(p)))
-    sam = direction(MicroBatchSAMLoop(m=2, rho=0.3, eps=EPS), model, data)
-    asam = direction(MicroBatchSAMLoop(m=2, rho=0.3, eps=EPS, adaptive=True, eta=0.75), model, data)
+    sam = direction(SAMLoop(m=2, rho=0.3, eps=EPS), model, data)
+    asam = direction(SAMLoop(m=2, rho=0.3, eps=EPS, adaptive=True, eta=0.75), model, data)
     assert max_diff(sam, asam) < 1e-14
-    other = direction(MicroBatchSAMLoop(m=2, rho=0.3, eps=EPS, adaptive=True, eta=0.01), model, data)
+    other = direction(SAMLoop(m=2, rho=0.3, eps=EPS, adaptive=True, eta=0.01), model, data)
     assert max_diff(sam, other) > 1e-4
 
 
@@ -99,7 +99,7 @@ def test_asam_perturbation_is_its_formula():
     def quadratic(rows, targets):
         return 0.5 * torch.einsum("bi,ij,bj->b", rows, a, rows)
 
-    MicroBatchSAMLoop(m=1, rho=rho, eps=0.0, adaptive=True, eta=eta)(model, quadratic, data)
+    SAMLoop(m=1, rho=rho, eps=0.0, adaptive=True, eta=eta)(model, quadratic, data)
     w = torch.tensor([1.0, -2.0], dtype=torch.float64)
     g, t = a @ w, w.abs() + eta
     e = rho * t**2 * g / torch.linalg.vector_norm(t * g)
@@ -109,7 +109,7 @@ def test_asam_perturbation_is_its_formula():
 @pytest.mark.parametrize("make_model", [tiny_mlp, tiny_bn_net])
 def test_rwsam_with_lambda_zero_is_sam(make_model):
     model, data = make_model(), batch()
-    sam = direction(MicroBatchSAMLoop(m=1, rho=0.2, eps=EPS), model, data)
+    sam = direction(SAMLoop(m=1, rho=0.2, eps=EPS), model, data)
     assert max_diff(direction(rwsam(lam=0.0), model, data), sam) < 1e-14
     assert max_diff(direction(rwsam(lam=2.0), model, data), sam) > 1e-5  # the weights matter
 
@@ -135,12 +135,12 @@ def test_norm_estimate_approaches_the_exact_per_sample_gradient_norm(make_model)
     torch.manual_seed(5)
     with torch.no_grad(), running_stats_frozen(model):
         clean = per_sample_ce(model(data[0]), data[1])
-    reweighting = GibbsReweighting(lam=1.0, delta=1e-7, probes=4000)
+    reweighting = GibbsReweighting.defaults(lam=1.0, delta=1e-7, probes=4000)
     estimate = reweighting.sample_grad_norms(model, per_sample_ce, *data, clean, rng_state(torch.device("cpu")))
     exact = exact_sample_grad_norms(model, data)
     assert torch.allclose(estimate, exact, rtol=0.06, atol=0)
     # one probe is a noisy estimate, not the norm: the tolerance above is not vacuous
-    one = GibbsReweighting(lam=1.0, delta=1e-7, probes=1).sample_grad_norms(
+    one = GibbsReweighting.defaults(lam=1.0, delta=1e-7, probes=1).sample_grad_norms(
         model, per_sample_ce, *data, clean, rng_state(torch.device("cpu")))
     assert (one / exact - 1).abs().max() > 0.06
 
@@ -173,7 +173,7 @@ def test_rwsam_direction_for_lambda_above_zero_follows_its_formula(make_model):
 
     torch.manual_seed(11)
     got = direction(rwsam(lam=lam, rho=rho, delta=1e-7, probes=4000), model, data)
-    sam = direction(MicroBatchSAMLoop(m=1, rho=rho, eps=EPS), model, data)
+    sam = direction(SAMLoop(m=1, rho=rho, eps=EPS), model, data)
     error, gap = relative_difference(got, expected), relative_difference(sam, expected)
     assert error < 0.02 and gap > 5 * error, (error, gap)
 
@@ -186,7 +186,7 @@ def test_the_probe_replays_the_clean_pass_dropout_masks():
     data = batch(n=8)
     randomness = rng_state(torch.device("cpu"))
     clean = per_sample_ce(model(data[0]), data[1]).detach()
-    norms = GibbsReweighting(lam=1.0, delta=1e-7, probes=3).sample_grad_norms(model, per_sample_ce, *data, clean,
+    norms = GibbsReweighting.defaults(lam=1.0, delta=1e-7, probes=3).sample_grad_norms(model, per_sample_ce, *data, clean,
                                                                             randomness)
     size = sum(p.numel() for p in model.parameters())
     assert torch.isfinite(norms).all() and norms.max() < size**0.5 * 10
@@ -196,7 +196,7 @@ def test_rwsam_leaves_running_statistics_and_weights_as_sam_does():
     """The probe pass changes neither the weights nor BatchNorm's running statistics."""
     model, data = tiny_bn_net(), batch()
     sam_model, rw_model = copy.deepcopy(model), copy.deepcopy(model)
-    MicroBatchSAMLoop(m=2, rho=0.2, eps=EPS)(sam_model, per_sample_ce, data)
+    SAMLoop(m=2, rho=0.2, eps=EPS)(sam_model, per_sample_ce, data)
     rwsam(m=2)(rw_model, per_sample_ce, data)
     for (name, a), b in zip(sam_model.state_dict().items(), rw_model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -223,11 +223,11 @@ def test_rwsam_probe_in_eval_mode_uses_running_statistics():
 
 def test_weights_are_the_gibbs_distribution():
     norms = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
-    absolute = GibbsReweighting(lam=0.5, norm_scale="absolute").weights(norms)
+    absolute = GibbsReweighting.defaults(lam=0.5, norm_scale="absolute").weights(norms)
     assert torch.allclose(absolute, torch.exp(0.5 * norms) / torch.exp(0.5 * norms).sum(), atol=1e-15)
-    relative = GibbsReweighting(lam=0.5, norm_scale="relative").weights(norms)
+    relative = GibbsReweighting.defaults(lam=0.5, norm_scale="relative").weights(norms)
     assert torch.allclose(relative, torch.softmax(0.5 * norms / 2.0, 0), atol=1e-15)
-    assert torch.equal(GibbsReweighting(lam=0.0).weights(norms), torch.full((3,), 1 / 3, dtype=torch.float64))
+    assert torch.equal(GibbsReweighting.defaults(lam=0.0).weights(norms), torch.full((3,), 1 / 3, dtype=torch.float64))
 
 
 def test_rwsam_and_asam_train_from_the_config_and_are_named_by_variant(make_cfg):

@@ -4,11 +4,9 @@ The library API for your own training loop: msam.MSAM (see msam/api.py and the R
 "mSAM in your own training loop"); msam.GibbsReweighting makes it RW-SAM.
 """
 
-from msam import resolvers
 from msam.api import MSAM, UsageError
 from msam.methods.reweight import GibbsReweighting
 
 __version__ = "0.1.0"
 __all__ = ["MSAM", "UsageError", "GibbsReweighting"]
 
-resolvers.register()

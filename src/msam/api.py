@@ -33,8 +33,8 @@ import torch
 from msam import dist
 from msam.methods.autotune import Choice, choose, vmap_refused
 from msam.methods.batch import batch_size_of
-from msam.methods.msam_loop import DESCENT_LOSSES, MicroBatchSAMLoop
-from msam.methods.msam_vmap import MicroBatchSAMVmap
+from msam.methods.msam_loop import DESCENT_LOSSES, SAMLoop
+from msam.methods.msam_vmap import SAMVmap
 from msam.methods.reweight import GibbsReweighting
 from msam.precision import Precision
 
@@ -87,8 +87,8 @@ class MSAM:
 
     def _build(self, choice: Choice):
         if choice.impl == "vmap":
-            return MicroBatchSAMVmap(chunk_size=choice.chunk_size, name="msam", precision=self.precision, **self.options)
-        return MicroBatchSAMLoop(name="rwsam" if self.reweighting else "msam", reweighting=self.reweighting,
+            return SAMVmap(chunk_size=choice.chunk_size, name="msam", precision=self.precision, **self.options)
+        return SAMLoop(name="rwsam" if self.reweighting else "msam", reweighting=self.reweighting,
                                  descent_loss=self.descent_loss, precision=self.precision, **self.options)
 
     def context(self) -> dist.DistContext:

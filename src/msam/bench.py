@@ -13,30 +13,27 @@ import statistics
 from pathlib import Path
 
 import hydra
-import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from msam import allocator, timing
-from msam.engine import per_sample_cross_entropy, pick_device
 from msam.dist import DistContext
+from msam.engine import per_sample_cross_entropy, pick_device
 from msam.methods import build_method
 from msam.methods.autotune import Choice, choose
+from msam.models import build_model
 from msam.precision import Precision
-from msam.models.cifar_resnet import cifar_resnet
-from msam.models.wide_resnet import WideResNet
 from msam.runs import device_description, write_atomic
 from msam.train import CONF_DIR
 
 
 def bench_model(name: str, num_classes: int, image_size: int) -> torch.nn.Module:
-    if name == "resnet18":
-        return cifar_resnet(18, 3, num_classes)
-    if name == "wrn16_8":
-        return WideResNet(16, 8, 3, num_classes, 0.0)
-    if name == "vit_small":  # ViT-Tiny width, 4x4 patches on 32x32 images: 64 tokens
-        return timm.create_model("vit_tiny_patch16_224", img_size=image_size, patch_size=4, num_classes=num_classes)
-    raise ValueError(f"unknown bench model '{name}'; valid: resnet18, wrn16_8, vit_small")
+    """conf/model/<name>.yaml, built as msam-train builds it, for 3 x image_size x image_size inputs."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        valid = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+        raise ValueError(f"unknown bench model '{name}'; valid: {', '.join(valid)}")
+    return build_model(OmegaConf.load(path), num_classes, (3, image_size, image_size))
 
 
 def method_config(name: str, rho: float, **values) -> DictConfig:

@@ -71,7 +71,8 @@ def flatten(tree, prefix: str = "") -> dict:
 
 def config_differences(saved: dict, cfg: DictConfig) -> list[str]:
     """The dotted keys where a checkpoint's config and this one differ in what is trained."""
-    ours, theirs = flatten(identity(cfg)), flatten(identity(OmegaConf.create(saved)))
+    ignored = tuple(cfg.get("not_identity") or ())  # this config's list for both (older checkpoints have none)
+    ours, theirs = flatten(identity(cfg)), flatten(identity(OmegaConf.create(saved), ignored=ignored))
     return sorted(key for key in ours.keys() | theirs.keys() if ours.get(key, "<absent>") != theirs.get(key, "<absent>"))
 
 

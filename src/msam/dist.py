@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from msam.batchnorm_layers import tracking_batchnorms
 from msam.errors import ConfigError
 
 log = logging.getLogger("msam")
@@ -178,8 +178,7 @@ def average_batchnorm(model: torch.nn.Module, ctx: DistContext) -> None:
     """Mean of every process's running mean and variance (small buffers: one flat all-reduce)."""
     if not ctx.enabled:
         return
-    buffers = [b for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
-               for b in (m.running_mean, m.running_var)]
+    buffers = [b for m in tracking_batchnorms(model) for b in (m.running_mean, m.running_var)]
     if not buffers:
         return
     flat = torch.cat([b.reshape(-1) for b in buffers])

@@ -30,19 +30,13 @@ from msam.methods import method_label
 log = logging.getLogger("msam")
 TMP_PREFIX = "."
 
-# Keys that say where things are or how a run is watched, not what is trained: changing
-# them must find the same run directory again.
-NON_IDENTITY_KEYS = ("paths", "logger", "resume", "log_every_steps", "preemption_check_every", "cpu_allocator",
-                     "checkpoint_every_steps", "nonfinite", "nonfinite_check_every", "dist_backend", "impl_tuning", "dataset.root",
-                     "dataset.download", "dataset.num_workers",
-                     # how mSAM is computed, not what: loop and vmap give the same direction (the
-                     # implementation that ran is recorded in the checkpoint and summary.json)
-                     "method.impl", "method.chunk_size", "switch.then.impl", "switch.then.chunk_size")
-
-
-def identity(cfg: DictConfig, also_drop: tuple[str, ...] = ()) -> dict:
+def identity(cfg: DictConfig, also_drop: tuple[str, ...] = (), ignored: tuple[str, ...] | None = None) -> dict:
+    """The config without the keys that do not change what is trained: cfg.not_identity (conf/train.yaml,
+    or `ignored` when comparing another config by this one's list), the list itself, and also_drop."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in NON_IDENTITY_KEYS + also_drop:
+    if ignored is None:
+        ignored = tuple(container.get("not_identity") or ())
+    for dotted in ("not_identity", *ignored, *also_drop):
         *parents, leaf = dotted.split(".")
         node = container
         for key in parents:

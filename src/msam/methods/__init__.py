@@ -7,8 +7,8 @@ from omegaconf import DictConfig
 from msam.errors import ConfigError
 from msam.methods.autotune import Choice, vmap_refused
 from msam.methods.base import Method
-from msam.methods.msam_loop import DESCENT_LOSSES, MicroBatchSAMLoop
-from msam.methods.msam_vmap import MicroBatchSAMVmap
+from msam.methods.msam_loop import DESCENT_LOSSES, SAMLoop
+from msam.methods.msam_vmap import SAMVmap
 from msam.methods.reweight import NORM_SCALES, PROBE_BN_MODES, GibbsReweighting
 from msam.methods.vanilla import Vanilla
 from msam.precision import FP32, Precision
@@ -44,38 +44,28 @@ def method_label(cfg: DictConfig) -> str:
     return label
 
 
-def perturbation_options(cfg: DictConfig) -> dict:
-    return {"normalize": cfg.normalize, "adaptive": cfg.adaptive, "eta": cfg.eta}
-
-
 def build_method(cfg: DictConfig, processes: int = 1, model=None, precision: Precision = FP32,
                  choice: Choice | None = None) -> Method:
     """Build the method named by cfg.name; values were validated by msam.config. Under K
     processes each one runs m / K micro-batches of its share of the batch (msam.dist). The
     precision decides the autocast region of every forward and fp16's loss scale. With
     impl=auto, `choice` is what the tuning (autotune.py) picked."""
-    name = method_label(cfg)
     if cfg.name == "vanilla":
         return Vanilla(precision)
+    common = dict(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=method_label(cfg), precision=precision,
+                  normalize=cfg.normalize, adaptive=cfg.adaptive, eta=cfg.eta)
     if cfg.name in ("sam", "asam"):
-        return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name, precision=precision,
-                                 **perturbation_options(cfg))
+        return SAMLoop(**common)
     if cfg.name == "rwsam":
-        return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name,
-                                 reweighting=GibbsReweighting.from_config(cfg), descent_loss=cfg.descent_loss,
-                                 precision=precision, **perturbation_options(cfg))
+        return SAMLoop(**common, reweighting=GibbsReweighting.from_config(cfg), descent_loss=cfg.descent_loss)
     if cfg.name == "msam":
         if cfg.impl == "auto" and choice is None:
             raise ValueError("method.impl=auto is resolved by msam.methods.autotune before the method is built")
         choice = choice or Choice(cfg.impl, cfg.get("chunk_size"))
-        impl = choice.impl
-        if impl == "loop":
-            return MicroBatchSAMLoop(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps, name=name,
-                                     precision=precision, **perturbation_options(cfg))
-        if impl == "vmap":
+        if choice.impl == "loop":
+            return SAMLoop(**common)
+        if choice.impl == "vmap":
             check_vmap_precision(model, precision)
-            return MicroBatchSAMVmap(m=cfg.m // processes, rho=cfg.rho, eps=cfg.eps,
-                                     chunk_size=choice.chunk_size, name=name, precision=precision,
-                                     **perturbation_options(cfg))
+            return SAMVmap(**common, chunk_size=choice.chunk_size)
         raise ConfigError(f"unknown method.impl '{cfg.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
     raise ConfigError(f"unknown method '{cfg.name}'; valid: {', '.join(METHOD_NAMES)}")

@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from msam import dist, timing
+from msam.batchnorm_layers import batchnorms
 
 log = logging.getLogger("msam")
 
@@ -48,8 +48,7 @@ class Choice:
 
 def vmap_refused(model, precision) -> str | None:
     """Why vmap cannot run this model at this precision, or None."""
-    if model is not None and precision.mixed and precision.device_type == "cpu" and any(
-            isinstance(x, _BatchNorm) for x in model.modules()):
+    if model is not None and precision.mixed and precision.device_type == "cpu" and batchnorms(model):
         return ("method.impl=vmap with bf16/fp16 autocast does not run BatchNorm models on a CPU; use "
                 "method.impl=loop (or precision=fp32)")
     return None

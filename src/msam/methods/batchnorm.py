@@ -17,11 +17,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
-
-def tracking_batchnorms(model: torch.nn.Module) -> list[_BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+from msam.batchnorm_layers import tracking_batchnorms
 
 
 @contextmanager

@@ -48,7 +48,10 @@ def gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tens
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
-class MicroBatchSAMLoop:
+class SAMLoop:
+    """One step of any SAM-family method (SAM, mSAM, ASAM, unnormalized SAM, RW-SAM), one
+    micro-batch after another; m = 1 is plain SAM."""
+
     def __init__(self, m: int, rho: float, eps: float, name: str = "msam", normalize: bool = True,
                  adaptive: bool = False, eta: float = 0.01, reweighting: GibbsReweighting | None = None,
                  descent_loss: str = "mean", precision: Precision = FP32) -> None:

@@ -22,28 +22,28 @@ from __future__ import annotations
 
 import torch
 from torch.func import functional_call, grad_and_value, vmap
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from msam import dist
 from msam.methods.base import LossFn
+from msam.batchnorm_layers import tracking_batchnorms
 from msam.methods.perturbation import Perturbation
 from msam.models.attention import fused_attention_off
 from msam.precision import FP32, Precision
 
 
 def running_stat_names(model: torch.nn.Module) -> list[str]:
-    names = []
-    for prefix, module in model.named_modules():
-        if isinstance(module, _BatchNorm) and module.track_running_stats:
-            names += [f"{prefix}.{b}" if prefix else b for b in ("running_mean", "running_var", "num_batches_tracked")]
-    return names
+    prefixes = {module: prefix for prefix, module in model.named_modules()}
+    return [f"{prefixes[module]}.{b}" if prefixes[module] else b for module in tracking_batchnorms(model)
+            for b in ("running_mean", "running_var", "num_batches_tracked")]
 
 
 def to_micro_batches(tensor: torch.Tensor, m: int) -> torch.Tensor:
     return tensor.reshape(m, tensor.shape[0] // m, *tensor.shape[1:])
 
 
-class MicroBatchSAMVmap:
+class SAMVmap:
+    """The SAM-family step of SAMLoop (without RW-SAM's reweighting), vectorised over the micro-batches."""
+
     def __init__(self, m: int, rho: float, eps: float, chunk_size: int | None = None, name: str = "msam",
                  normalize: bool = True, adaptive: bool = False, eta: float = 0.01,
                  precision: Precision = FP32) -> None:

@@ -79,16 +79,31 @@ def rademacher_like(tensor: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class GibbsReweighting:
-    lam: float = 1.0
-    delta: float = 1e-4
-    probes: int = 1
-    norm_scale: str = "relative"
-    probe_bn: str = "batch"
+    """RW-SAM's weights. Its settings have no defaults here: they live in conf/method/rwsam.yaml
+    (GibbsReweighting.defaults(lam=...) reads them there)."""
+
+    lam: float
+    delta: float
+    probes: int
+    norm_scale: str
+    probe_bn: str
 
     @classmethod
     def from_config(cls, method) -> "GibbsReweighting":
         return cls(lam=method["lambda"], delta=method.delta, probes=method.probes,
                    norm_scale=method.norm_scale, probe_bn=method.probe_bn)
+
+    @classmethod
+    def defaults(cls, **overrides) -> "GibbsReweighting":
+        """conf/method/rwsam.yaml's settings, with overrides (lam=..., probes=...): for library use."""
+        from omegaconf import OmegaConf
+
+        from msam.train import CONF_DIR
+
+        method = OmegaConf.load(CONF_DIR / "method" / "rwsam.yaml")
+        if "lam" in overrides:
+            method["lambda"] = overrides.pop("lam")
+        return cls.from_config(OmegaConf.merge(method, overrides))
 
     @torch.no_grad()
     def sample_grad_norms(self, network, loss_fn, inputs, targets, clean_losses, randomness,

@@ -28,6 +28,8 @@ def timm_vit(cfg, num_classes: int, image_size: int) -> nn.Module:
     """A timm ViT; with model.checkpoint, timm loads that local file and adapts the head and
     position embeddings to num_classes and image_size. Never downloads from the hub."""
     kwargs = dict(num_classes=num_classes, img_size=image_size, drop_rate=cfg.dropout)
+    if cfg.get("patch_size") is not None:
+        kwargs["patch_size"] = cfg.patch_size
     if cfg.checkpoint is None:
         return timm.create_model(cfg.timm_name, pretrained=False, **kwargs)
     return timm.create_model(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from hessian_eigenthings import LambdaOperator, hutchinson, lanczos, power_iteration_one
 
 from msam.sharpness.operator import TrainingLossHessian
