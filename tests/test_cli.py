@@ -52,3 +52,34 @@ def test_a_multirun_sweep_trains_each_combination(tmp_path):
     assert result.returncode == 0, result.stderr
     summaries = sorted(p.parent.name for p in (tmp_path / "runs").glob("*/summary.json"))
     assert len(summaries) == 4 and sum("_sam_" in name for name in summaries) == 2
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_that_is_not_there_is_one_line(tmp_path):
+    command = [sys.executable, "-m", "msam.train", "epochs=1", f"paths.runs={tmp_path}/runs", "device=cuda"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "device=cuda but this machine has no usable GPU" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_too_few_gpus_is_one_line(monkeypatch):
+    import torch
+
+    from msam.engine import pick_device
+    from msam.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"device=cuda:2 but only 2 GPU\(s\) are visible \(cuda:0..cuda:1\)"):
+        pick_device("cuda:2")
+
+
+def test_a_runs_folder_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    command = [sys.executable, "-m", "msam.train", "epochs=1", f"paths.runs={tmp_path}/a_file/runs", "device=cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "cannot create the run directory" in lines[0] and "set paths.runs" in lines[0]

@@ -18,7 +18,7 @@ from msam import precision as precisions
 from msam.config import check_config, derived_values
 from msam.data import build_data
 from msam.data.bundle import DataBundle
-from msam.errors import RunError
+from msam.errors import ConfigError, RunError
 from msam.evaluation import evaluate
 from msam.guard import NonFiniteGuard
 from msam.method_schedule import MethodSchedule
@@ -35,9 +35,21 @@ log = logging.getLogger("msam")
 
 
 def pick_device(name: str) -> torch.device:
+    """auto: a GPU if there is one. A GPU that is not there is one line, not an error deep in torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={name} but this machine has no usable GPU (no driver or none visible; a "
+                              "SLURM job without --gres?); use device=cpu or device=auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device={name} but only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})")
+    return device
 
 
 def per_sample_cross_entropy(label_smoothing: float):

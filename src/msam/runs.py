@@ -169,7 +169,11 @@ def opened(run_dir: Path, is_main: bool):
     temporary files a killed process left (rank 0 only; other processes never write it)."""
     lock = RunLock(run_dir)
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunError(f"cannot create the run directory {run_dir}: {error.strerror or error}; set paths.runs "
+                           "(or MSAM_RUNS) to a folder you can write") from None
         lock.acquire()
         stale = remove_stale_temporaries(run_dir)
         if stale:
