@@ -16,6 +16,7 @@ from msam.engine import per_sample_cross_entropy
 from msam.errors import ConfigError
 from msam.mirror import build_mirror
 from msam.models import build_model
+from msam.precision import exact_fp32
 from msam.sharpness.measure import measure_sharpness
 from msam.sharpness.operator import PRODUCTS, ReIterable
 from msam.train import CONF_DIR
@@ -94,10 +95,12 @@ def measure_run(run_dir: str | Path, settings: DictConfig, ctx: dist.DistContext
     loss = per_sample_cross_entropy(cfg.label_smoothing)
     log.info(f"sharpness of {run_dir.name}: {data.num_samples} training samples over {ctx.world_size} process(es), "
              f"batches of {settings.batch_size}")
-    result = measure_sharpness(model, ReIterable(data.batches), data.num_samples, loss,
-                               algorithm=settings.algorithm, max_iter=settings.max_iter, tol=settings.tol,
-                               trace_probes=settings.trace_probes, seed=settings.seed,
-                               keep_unconverged=settings.keep_unconverged, product=settings.product, ctx=ctx)
+    # True float32 on CUDA too: PyTorch's default leaves cuDNN's TF32 on (10 mantissa bits per convolution)
+    with exact_fp32(ctx.device.type):
+        result = measure_sharpness(model, ReIterable(data.batches), data.num_samples, loss,
+                                   algorithm=settings.algorithm, max_iter=settings.max_iter, tol=settings.tol,
+                                   trace_probes=settings.trace_probes, seed=settings.seed,
+                                   keep_unconverged=settings.keep_unconverged, product=settings.product, ctx=ctx)
     result.update({
         "run": run_dir.name,
         "checkpoint_epoch": state["epoch"],
