@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,16 @@ def train_interrupted(monkeypatch):
         return engine.train(cfg)
 
     return _run
+
+
+@pytest.fixture
+def run_cli(monkeypatch):
+    """A command-line tool's `main` run in this process on the given arguments: its exit code."""
+    def run(main, *args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["msam", *args])
+        try:
+            main()
+        except SystemExit as exit_:
+            return 0 if exit_.code is None else exit_.code
+        return 0
+    return run

@@ -117,9 +117,9 @@ def test_accuracy_vs_m_draws_a_figure(fixture_runs):
     assert list(report.numbers["m"]) == [1, 16, 32] and report.figure is not None
 
 
-def test_cli_writes_markdown_csv_tex_and_png(fixture_runs, tmp_path, capsys):
+def test_cli_writes_markdown_csv_tex_and_png(fixture_runs, tmp_path, capsys, run_cli):
     out = tmp_path / "results"
-    assert main(["table=all", f"runs={fixture_runs}", f"out={out}"]) == 0
+    assert run_cli(main, "tables=all", f"runs={fixture_runs}", f"out={out}") == 0
     for name in ("tab2", "tab4", "tab5", "fig1"):
         for suffix in ("md", "csv", "tex"):
             assert (out / f"{name}.{suffix}").is_file()
@@ -130,14 +130,33 @@ def test_cli_writes_markdown_csv_tex_and_png(fixture_runs, tmp_path, capsys):
     assert "skipped" in printed and "corrupt" in printed
 
 
-def test_cli_refuses_an_unknown_table(tmp_path, capsys):
-    assert main(["table=tab9", f"runs={tmp_path}"]) == 2
-    assert "unknown table 'tab9'" in capsys.readouterr().err
+def test_cli_takes_a_list_of_tables(fixture_runs, tmp_path, run_cli):
+    out = tmp_path / "results"
+    assert run_cli(main, "tables=[tab2,tab4]", f"runs={fixture_runs}", f"out={out}") == 0
+    assert sorted(p.name for p in out.glob("*.md")) == ["tab2.md", "tab4.md"]
 
 
-def test_report_on_an_empty_folder_is_an_error(tmp_path, capsys):
-    assert main([f"runs={tmp_path}"]) == 2
-    assert "no finished runs" in capsys.readouterr().err
+@pytest.mark.parametrize("args, message", [
+    (["tables=tab9"], "unknown table 'tab9'"),
+    (["tables=[tab2,tab9]"], "unknown table 'tab9'"),
+    (["tables=tab2,tab4"], "Ambiguous value for argument 'tables=tab2,tab4'"),  # Hydra: a sweep needs -m
+    (["tabels=tab2"], "Could not override 'tabels'"),
+])
+def test_cli_refuses_bad_arguments_in_one_line(args, message, tmp_path, capsys, run_cli):
+    assert run_cli(main, *args, f"runs={tmp_path}") == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p, "no finished runs under {p}: no run directories (no summary.json)"),
+    (lambda p: p / "missing", "runs={p}/missing does not exist"),
+    (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "runs={p}/file.txt is a file"),
+])
+def test_report_pointed_at_something_that_holds_no_runs_says_what(make, message, tmp_path, capsys, run_cli):
+    assert run_cli(main, f"runs={make(tmp_path)}", f"out={tmp_path}/out") == 2
+    err = capsys.readouterr().err
+    assert message.format(p=tmp_path) in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_report_reads_real_runs(make_cfg, tmp_path):

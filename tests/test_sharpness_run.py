@@ -94,7 +94,7 @@ def test_cli_error_is_one_line(tmp_path):
     result = subprocess.run([*CLI, f"run={tmp_path}/nothing"], capture_output=True, text=True, timeout=120,
                             cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-    assert "not a run directory" in result.stderr
+    assert f"run={tmp_path}/nothing is not a folder" in result.stderr
 
 
 def test_torchrun_two_processes_equal_one(finished_run, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,14 +18,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from msam import allocator, timing
+from msam.cli import guarded, preflight
+from msam.config import require
+from msam.domains import SEED_MAX, Bool, Choice, Int, ListOf, Number, Text, check_domains
 from msam.dist import DistContext
+from msam.errors import ConfigError
 from msam.engine import per_sample_cross_entropy, pick_device
 from msam.methods import build_method
-from msam.methods.autotune import Choice, choose
+from msam.methods.autotune import Choice as TunedImpl
+from msam.methods.autotune import choose
 from msam.models import build_model
 from msam.precision import Precision
 from msam.runs import device_description, write_atomic
 from msam.train import CONF_DIR
+
+PROG = "msam-bench"
+IMPLS = ("loop", "vmap", "auto", "compile")
+BASELINES = ("vanilla", "sam", "rwsam")
 
 
 def bench_model(name: str, num_classes: int, image_size: int) -> torch.nn.Module:
@@ -32,7 +42,7 @@ def bench_model(name: str, num_classes: int, image_size: int) -> torch.nn.Module
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.is_file():
         valid = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-        raise ValueError(f"unknown bench model '{name}'; valid: {', '.join(valid)}")
+        raise ConfigError(f"unknown bench model '{name}'; valid: {', '.join(valid)}")
     return build_model(OmegaConf.load(path), num_classes, (3, image_size, image_size))
 
 
@@ -41,7 +51,7 @@ def method_config(name: str, rho: float, **values) -> DictConfig:
     return OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml"), {"rho": rho, **values})
 
 
-def methods_for(m: int, rho: float, impls, baselines, auto_choice: Choice | None = None) -> dict:
+def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | None = None) -> dict:
     """The baselines (vanilla, SAM, optionally RW-SAM), then each mSAM implementation at m.
     `compile` is the loop on the torch.compile'd model (run_bench gives it that model); `auto` is
     what impl=auto chose for this model and batch (auto_choice)."""
@@ -55,7 +65,7 @@ def methods_for(m: int, rho: float, impls, baselines, auto_choice: Choice | None
     return methods
 
 
-def auto_choice(model, m: int, rho: float, batch, device, steps: int) -> Choice:
+def auto_choice(model, m: int, rho: float, batch, device, steps: int) -> TunedImpl:
     """What method.impl=auto picks for this model, batch and device (the engine's own tuning)."""
     config = method_config("msam", rho, m=m)
     choice, _ = choose(lambda c: build_method(config, model=model, choice=c), m, model, Precision(device.type),
@@ -88,10 +98,30 @@ def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int, c
                    "peak_gb": peaks[name] / 2**30 if device.type == "cuda" else None} for name, t in times.items()}
 
 
+def bench_domains() -> dict[str, dict]:
+    """conf/bench.yaml's keys and what each may be (msam.domains)."""
+    models = tuple(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
+    return {"": {"name": Text(), "out": Text(), "models": ListOf(Choice(models), min_length=1),
+                 "batch_sizes": ListOf(Int(1), min_length=1), "ms": ListOf(Int(1), min_length=1),
+                 "impls": ListOf(Choice(IMPLS)), "tune_steps": Int(1), "baselines": ListOf(Choice(BASELINES)),
+                 "repeats": Int(1), "warmup": Int(0), "rho": Number(0), "num_classes": Int(2), "image_size": Int(1),
+                 "device": Text(), "seed": Int(0, SEED_MAX)},
+            "cpu_allocator": {"tune": Bool(), "mmap_threshold": Int(0), "trim_threshold": Int(0)}}
+
+
+def check_bench(cfg: DictConfig) -> None:
+    """conf/bench.yaml's values, checked before any model is built."""
+    check_domains(cfg, bench_domains())
+    require({"vanilla", "sam"} <= set(cfg.baselines),
+            f"baselines must include vanilla and sam (the ratios' references), got {list(cfg.baselines)}")
+    require("/" not in cfg.name, f"name must be a file name (no '/'), got {cfg.name!r}")
+    require(any(b % m == 0 for b in cfg.batch_sizes for m in cfg.ms),
+            f"no m in ms={list(cfg.ms)} divides a batch size in batch_sizes={list(cfg.batch_sizes)}: nothing to time")
+
+
 def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
     """Every row of the grid; on_rows(rows) after each (model, B, m) (partial results survive a timeout)."""
-    if not {"vanilla", "sam"} <= set(cfg.baselines):
-        raise SystemExit(f"bench: baselines must include vanilla and sam (the ratios' references), got {list(cfg.baselines)}")
+    check_bench(cfg)
     device = pick_device(cfg.device)
     rows = []
     for model_name in cfg.models:
@@ -107,7 +137,7 @@ def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
             for m in cfg.ms:
                 if batch_size % m:
                     continue
-                chosen = auto_choice(model, m, cfg.rho, batch, device, cfg.get("tune_steps", 2)) if (
+                chosen = auto_choice(model, m, cfg.rho, batch, device, cfg.tune_steps) if (
                     "auto" in cfg.impls and m > 1) else None
                 timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls, cfg.baselines, chosen), batch, device,
                                    cfg.repeats, cfg.warmup, compiled)
@@ -147,12 +177,22 @@ def markdown(rows: list[dict], cfg) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
+    guarded(PROG, lambda: bench(cfg))
+
+
+def main() -> None:
+    """The contract of every msam tool (msam.cli): one line, exit 2 for bad input, 1 for a failure."""
+    preflight(PROG, CONF_DIR, "bench", sys.argv[1:])
+    hydra_main()
+
+
+def bench(cfg: DictConfig) -> None:
     allocator.apply(cfg.cpu_allocator)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     def write(rows: list[dict]) -> None:
+        out.mkdir(parents=True, exist_ok=True)
         payload = {"config": OmegaConf.to_container(cfg, resolve=True), "rows": rows}
         write_atomic(out / f"{cfg.name}.json", (json.dumps(payload, indent=2) + "\n").encode())
         write_atomic(out / f"{cfg.name}.md", markdown(rows, cfg).encode())

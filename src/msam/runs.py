@@ -15,6 +15,7 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 import sys
 from contextlib import contextmanager
 from importlib import metadata
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from msam.errors import RunError
+from msam.errors import ConfigError, RunError
 from msam.lock import RunLock
 from msam.methods import method_label
 
@@ -106,7 +107,17 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A run directory's JSON record; None if absent. A damaged one (a copy cut short, an edit) is one line."""
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunError(f"{path} is unreadable ({type(error).__name__}: {error}); restore it or remove the run "
+                       "directory") from None
+    if not isinstance(payload, dict):
+        raise RunError(f"{path} is not a run record (a JSON object); restore it or remove the run directory")
+    return payload
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -163,17 +174,28 @@ def provenance(device: torch.device) -> dict:
     }
 
 
+def writable_folder(folder: Path, key: str) -> Path:
+    """`folder`, created if need be, after writing a file in it: a folder that cannot be created, a
+    read-only file system or a missing permission is one ConfigError line (os.access would not tell
+    root about a read-only mount's files, nor anyone about a full disk)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".msam-write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"cannot write to {folder}: {error.strerror or error}; set {key} to a folder you can "
+                          "write") from None
+    return folder
+
+
 @contextmanager
 def opened(run_dir: Path, is_main: bool):
     """The run directory for the block: created, locked against a second process, cleared of the
     temporary files a killed process left (rank 0 only; other processes never write it)."""
     lock = RunLock(run_dir)
     if is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RunError(f"cannot create the run directory {run_dir}: {error.strerror or error}; set paths.runs "
-                           "(or MSAM_RUNS) to a folder you can write") from None
+        writable_folder(run_dir, "paths.runs (or MSAM_RUNS)")
         lock.acquire()
         stale = remove_stale_temporaries(run_dir)
         if stale:

@@ -9,8 +9,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from msam.errors import ConfigError, RunError
+from msam.cli import fail, guarded, preflight
+from msam.errors import ConfigError
 
+PROG = "msam-train"
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("dataset", "model", "method", "switch", "optim", "schedule", "logger", "launcher", "experiment",
           "table", "smoke")
@@ -29,30 +31,20 @@ def check_group_choices(argv: list[str]) -> None:
                 raise ConfigError(f"unknown {key} '{choice}'; valid: {', '.join(valid)}")
 
 
-def fail(error: ConfigError | RunError) -> None:
-    """One line on stderr; exit 2 for bad input, 1 for a run that could not go on."""
-    print(f"msam-train: error: {error}", file=sys.stderr)
-    sys.exit(2 if isinstance(error, ConfigError) else 1)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     from msam.engine import train  # imported here so `--help` and bad input stay fast
 
-    try:
-        summary = train(cfg)
-    except (ConfigError, RunError) as error:
-        fail(error)
-    return summary["test_acc"]
+    return guarded(PROG, lambda: train(cfg))["test_acc"]
 
 
 def main() -> None:
+    """The contract of every msam tool (msam.cli): bad input is one line and exit code 2 before any
+    compute, a run that cannot go on one line and exit code 1."""
     if not CONF_DIR.is_dir():
-        fail(ConfigError(f"config tree not found at {CONF_DIR}; install msam with `pip install -e .`"))
-    try:
-        check_group_choices(sys.argv[1:])
-    except ConfigError as error:
-        fail(error)
+        fail(PROG, f"config tree not found at {CONF_DIR}; install msam with `pip install -e .`", 2)
+    guarded(PROG, lambda: check_group_choices(sys.argv[1:]))
+    preflight(PROG, CONF_DIR, "train", sys.argv[1:])
     logging.getLogger("msam").setLevel(logging.INFO)
     hydra_main()
 

@@ -31,6 +31,14 @@ def check_data(cfg, smoke=None) -> None:
         CHECKERS[cfg.name](cfg)
 
 
+def input_side(cfg) -> int:
+    """The side of the square images a model sees: ImageNet's crop, CIFAR's optional resize, or
+    the images' own."""
+    if cfg.name == "imagenet":
+        return cfg.image_size
+    return cfg.get("resize") or cfg.image_shape[-1]
+
+
 def build_data(cfg, batch_size: int, eval_batch_size: int, seed: int, device, smoke=None) -> DataBundle:
     """The data set named by cfg, or with smoke (the smoke overlay) synthetic data of its shape."""
     check_data(cfg, smoke)

@@ -13,16 +13,14 @@ processes, so the shares need not be equal.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Subset
-from torchvision.datasets import ImageFolder
 
 from msam.data import build_data, check_data
-from msam.data.imagenet import inception_transforms
+from msam.data.imagenet import image_folder, inception_transforms
 from msam.data.loaders import FolderLoader, TensorLoader
 from msam.data.tokens import TokenLoader
 
@@ -61,7 +59,7 @@ def analysis_data(run_cfg, batch_size: int, max_samples: int | None, seed: int, 
     check_data(cfg, smoke)
     if cfg.name == "imagenet" and smoke is None:
         _, evaluate = inception_transforms(cfg)
-        dataset = ImageFolder(os.path.join(cfg.root, "train"), transform=evaluate)
+        dataset = image_folder(cfg, "train", evaluate)
         index = subset_indices(len(dataset), max_samples, seed)
         share = process_share(index, rank, world_size)
         loader = FolderLoader(Subset(dataset, share.tolist()), batch_size, shuffle=False, drop_last=False,

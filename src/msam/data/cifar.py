@@ -51,7 +51,13 @@ def check_cifar(cfg) -> None:
 
 
 def load_split(cfg, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    dataset = DATASETS[cfg.name](cfg.root, train=train, download=cfg.download)
+    folder = os.path.abspath(os.path.join(cfg.root, DATASETS[cfg.name].base_folder))
+    try:
+        dataset = DATASETS[cfg.name](cfg.root, train=train, download=cfg.download)
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, KeyError, IndexError, TypeError) as error:
+        # a truncated or corrupt pickle, a file without read permission, pickles of the other CIFAR
+        raise ConfigError(f"{cfg.name} at {folder} is unreadable ({type(error).__name__}: {error}); copy the "
+                          "'python version' again from https://www.cs.toronto.edu/~kriz/cifar.html") from None
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).float() / 255.0
     return images, torch.tensor(dataset.targets, dtype=torch.long)
 

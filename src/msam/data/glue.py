@@ -9,6 +9,7 @@ Nothing is downloaded unless dataset.download=true, which saves the Hub copy to 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 
 import torch
@@ -27,6 +28,7 @@ TSV = {
     "qqp": (True, None, ["question1", "question2"], "is_duplicate"),
 }
 TASKS = tuple(HUB_FIELDS)
+log = logging.getLogger("msam")
 
 
 def is_saved_dataset(path: str) -> bool:
@@ -47,12 +49,32 @@ def check_glue(cfg) -> None:
                       f"train.tsv and dev.tsv; or add dataset.download=true once")
 
 
-def read_tsv(path: str, task: str) -> tuple[list[list[str]], list[int]]:
+def read_tsv(path: str, task: str, num_classes: int) -> tuple[list[list[str]], list[int]]:
+    """GLUE's TSV file; lines with too many fields or no text are skipped and counted (GLUE's own
+    QQP has some); missing columns, labels outside 0..num_classes-1 or no usable line are one line."""
     import pandas as pd
 
     header, names, text_columns, label_column = TSV[task]
-    frame = pd.read_csv(path, sep="\t", header=0 if header else None, names=names, quoting=csv.QUOTE_NONE,
-                        dtype=str, keep_default_na=False, on_bad_lines="skip")
+    try:
+        frame = pd.read_csv(path, sep="\t", header=0 if header else None, names=names, quoting=csv.QUOTE_NONE,
+                            dtype=str, keep_default_na=False, on_bad_lines="skip")
+        with open(path, "rb") as handle:
+            lines = sum(1 for line in handle if line.strip()) - (1 if header else 0)
+    except (OSError, ValueError, pd.errors.ParserError) as error:  # EmptyDataError is a ValueError
+        raise ConfigError(f"GLUE {task} file {path} is unreadable ({type(error).__name__}: {error})") from None
+    missing = [c for c in [*text_columns, label_column] if c not in frame.columns]
+    if not missing:  # a line with too few fields: pandas fills the absent ones with ""
+        frame = frame[(frame[text_columns] != "").any(axis=1)].reset_index(drop=True)
+    if missing or frame.empty:
+        raise ConfigError(f"GLUE {task} file {path} is not GLUE's {task} TSV: "
+                          + (f"no column {missing[0]!r} (has {list(frame.columns)})" if missing else "no usable line"))
+    valid = {str(label) for label in range(num_classes)}
+    bad = frame.index[~frame[label_column].isin(valid)]
+    if len(bad):
+        raise ConfigError(f"GLUE {task} file {path}: label {frame[label_column][bad[0]]!r} on data row {bad[0] + 1} is "
+                          f"not one of 0..{num_classes - 1} ({len(bad)} such rows)")
+    if lines > len(frame):
+        log.warning(f"{path}: skipped {lines - len(frame)} malformed line(s) of {lines}")
     return [frame[c].tolist() for c in text_columns], [int(v) for v in frame[label_column]]
 
 
@@ -61,9 +83,14 @@ def read_split(cfg, split: str) -> tuple[list[list[str]], list[int]]:
     if is_saved_dataset(cfg.path):
         import datasets
 
-        part = datasets.load_from_disk(cfg.path)[split]
-        return [list(part[field]) for field in HUB_FIELDS[cfg.task]], [int(v) for v in part["label"]]
-    return read_tsv(os.path.join(cfg.path, "train.tsv" if split == "train" else "dev.tsv"), cfg.task)
+        try:
+            part = datasets.load_from_disk(cfg.path)[split]
+            return [list(part[field]) for field in HUB_FIELDS[cfg.task]], [int(v) for v in part["label"]]
+        except (OSError, ValueError, KeyError) as error:
+            raise ConfigError(f"GLUE {cfg.task} at {cfg.path} is unreadable ({type(error).__name__}: {error}); "
+                              "save it again with datasets' save_to_disk") from None
+    return read_tsv(os.path.join(cfg.path, "train.tsv" if split == "train" else "dev.tsv"), cfg.task,
+                    cfg.num_classes)
 
 
 def download(cfg) -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 from torch import nn
 
 from msam.errors import ConfigError
-from msam.models.cifar_resnet import cifar_resnet
-from msam.models.pretrained import check_checkpoint, timm_vit, torchvision_model
+from msam.models.cifar_resnet import DEPTHS, cifar_resnet
+from msam.models.pretrained import check_checkpoint, loading_checkpoint, timm_vit, torchvision_model
 from msam.models.small_cnn import small_cnn
 from msam.models.text import check_text_checkpoint, text_classifier
 from msam.models.wide_resnet import WideResNet
 
+CIFAR_DEPTHS = tuple(DEPTHS)
 ARCHITECTURES = ("small_cnn", "cifar_resnet", "wide_resnet", "torchvision", "timm", "transformers")
 
 
@@ -33,15 +35,33 @@ def check_model(cfg) -> None:
         check_text_checkpoint(cfg.get("checkpoint"))
     else:
         check_checkpoint(cfg.get("checkpoint"))
+    if cfg.arch == "wide_resnet" and (cfg.depth - 4) % 6:
+        raise ConfigError(f"model.depth={cfg.depth}: a Wide-ResNet's depth is 6n + 4 (16, 22, 28, 40, ...)")
+    if cfg.arch == "cifar_resnet" and cfg.depth not in CIFAR_DEPTHS:
+        raise ConfigError(f"model.depth={cfg.depth}: valid ResNet depths are {', '.join(map(str, CIFAR_DEPTHS))}")
     if cfg.get("pretrained_required") and cfg.get("checkpoint") is None:
         raise ConfigError(f"model {cfg.name} is fine-tuned from pretrained weights here: give "
                           f"model.checkpoint=PATH (docs/training.md, 'Models', says how to get them)")
 
 
+def check_input_size(cfg, side: int) -> None:
+    """Images of side x side pixels through the model: a ViT needs whole patches, the small CNN's
+    pooling at least 2 pixels."""
+    if cfg.arch == "timm":
+        named = re.search(r"patch(\d+)", cfg.timm_name)
+        patch = cfg.get("patch_size") or (int(named.group(1)) if named else None)
+        if patch is not None and side % patch:
+            raise ConfigError(f"model={cfg.name} cuts {side}x{side} images into {patch}x{patch} patches: the side must "
+                              f"be a multiple of {patch} (set model.patch_size, or dataset.resize for CIFAR)")
+    if cfg.arch == "small_cnn" and side < 2:
+        raise ConfigError(f"model=small_cnn pools 2x2: images of side {side} are too small")
+
+
 def build_model(cfg, num_classes: int, input_shape: tuple[int, ...], smoke=None) -> nn.Module:
     check_model(cfg)
     if cfg.arch == "transformers":
-        return text_classifier(cfg, num_classes, smoke)
+        with loading_checkpoint(cfg):
+            return text_classifier(cfg, num_classes, smoke)
     channels = input_shape[0]
     if cfg.arch == "small_cnn":
         return small_cnn(channels, num_classes, cfg.width)
@@ -49,6 +69,7 @@ def build_model(cfg, num_classes: int, input_shape: tuple[int, ...], smoke=None)
         return cifar_resnet(cfg.depth, channels, num_classes)
     if cfg.arch == "wide_resnet":
         return WideResNet(cfg.depth, cfg.width, channels, num_classes, cfg.dropout)
-    if cfg.arch == "torchvision":
-        return torchvision_model(cfg.torchvision_name, num_classes, cfg.checkpoint)
-    return timm_vit(cfg, num_classes, input_shape[-1])
+    with loading_checkpoint(cfg):
+        if cfg.arch == "torchvision":
+            return torchvision_model(cfg.torchvision_name, num_classes, cfg.checkpoint)
+        return timm_vit(cfg, num_classes, input_shape[-1])

@@ -1,6 +1,8 @@
-"""msam-report: the paper's tables and figures from your run directories.
+"""msam-report: the paper's tables and figures from your run directories (a Hydra app over
+conf/report.yaml).
 
-    msam-report table=tab2 runs=runs/ out=results/      (tab2, tab3, tab4, tab5, fig1, figB1, rwsam, or all)
+    msam-report tables=tab2 runs=runs/ out=results/      (tab2, tab3, tab4, tab5, fig1, figB1, rwsam, or all)
+    msam-report tables=[tab2,tab4,tab5] runs=runs/demo   several at once
 """
 
 from __future__ import annotations
@@ -8,48 +10,71 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import hydra
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from msam.cli import guarded, preflight
+from msam.domains import Int, Text, check_domains
+from msam.errors import ConfigError
 from msam.report.collect import collect_runs
 from msam.report.render import show, write_report
 from msam.report.tables import REPORTS
+from msam.runs import writable_folder
+from msam.train import CONF_DIR
 
-DEFAULTS = {"table": "tab2", "runs": "runs", "out": "results"}
+PROG = "msam-report"
 
 
-def parse(argv: list[str]):
-    unknown = [a for a in argv if a.split("=", 1)[0] not in DEFAULTS or "=" not in a]
-    if unknown:
-        raise ValueError(f"unknown argument {unknown[0]!r}; use {' '.join(f'{k}=...' for k in DEFAULTS)}")
-    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(argv))
-    names = list(REPORTS) if cfg.table == "all" else str(cfg.table).split(",")
+def table_names(tables) -> list[str]:
+    names = [str(t) for t in tables] if OmegaConf.is_list(tables) else [str(tables)]
+    if names == ["all"]:
+        return list(REPORTS)
     bad = [n for n in names if n not in REPORTS]
-    if bad:
-        raise ValueError(f"unknown table '{bad[0]}'; valid: {', '.join(REPORTS)}, all")
-    return names, Path(cfg.runs), Path(cfg.out)
+    if bad or not names:
+        raise ConfigError(f"unknown table '{bad[0] if bad else ''}'; valid: {', '.join(REPORTS)}, all (or a list, "
+                          "tables=[tab2,tab4])")
+    return names
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        names, runs_dir, out_dir = parse(sys.argv[1:] if argv is None else argv)
-    except ValueError as error:
-        print(f"msam-report: error: {error}", file=sys.stderr)
-        return 2
+def runs_folder(runs: str) -> Path:
+    folder = Path(runs)
+    if not folder.exists():
+        raise ConfigError(f"runs={runs} does not exist; give the folder your runs were written to (paths.runs)")
+    if not folder.is_dir():
+        raise ConfigError(f"runs={runs} is a file, not a folder of run directories")
+    return folder
+
+
+def make_reports(cfg: DictConfig) -> None:
+    check_domains(cfg, {"": {"runs": Text(), "out": Text(), "console_width": Int(40)}})
+    names = table_names(cfg.tables)
+    runs_dir = runs_folder(str(cfg.runs))
     runs, skipped = collect_runs(runs_dir)
-    console = Console(width=max(Console().width, 140))  # piped output would wrap at 80 columns
+    console = Console(width=max(Console().width, cfg.console_width))
     for note in skipped:
         console.print(f"skipped {note}", highlight=False)
     if runs.empty:
-        print(f"msam-report: error: no finished runs under {runs_dir}", file=sys.stderr)
-        return 2
+        found = "no run directories (no summary.json)" if not skipped else f"{len(skipped)} run directories, none finished"
+        raise ConfigError(f"no finished runs under {runs_dir}: {found}")
+    out_dir = writable_folder(Path(cfg.out), "out")
     for name in names:
         report = REPORTS[name](runs)
         show(report, console)
         paths = write_report(report, out_dir)
         console.print(f"  wrote {', '.join(str(p) for p in paths)}\n", highlight=False)
-    return 0
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
+def hydra_main(cfg: DictConfig) -> None:
+    guarded(PROG, lambda: make_reports(cfg))
+
+
+def main() -> None:
+    """The contract of every msam tool (msam.cli): one line, exit 2 for bad input, 1 for a failure."""
+    preflight(PROG, CONF_DIR, "report", sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -15,9 +15,11 @@ import hydra
 from omegaconf import DictConfig
 
 from msam import dist
+from msam.cli import guarded, preflight
 from msam.errors import ConfigError
 from msam.train import CONF_DIR
 
+PROG = "msam-sharpness"
 log = logging.getLogger("msam")
 
 
@@ -26,9 +28,11 @@ def run_dirs(cfg: DictConfig) -> list[Path]:
         raise ConfigError("give either run=<run dir> or runs=<folder of run dirs>")
     if cfg.run is not None:
         return [Path(cfg.run)]
+    if not Path(cfg.runs).is_dir():
+        raise ConfigError(f"runs={cfg.runs} is not a folder; give the folder your runs were written to (paths.runs)")
     found = sorted(p.parent for p in Path(cfg.runs).rglob("summary.json"))
     if not found:
-        raise ConfigError(f"no run directories under {cfg.runs}")
+        raise ConfigError(f"no run directories (no summary.json) under {cfg.runs}")
     return [d for d in found if cfg.overwrite or not (d / "sharpness.json").is_file()]
 
 
@@ -52,22 +56,24 @@ def measure_all(cfg: DictConfig, ctx: dist.DistContext) -> list[dict]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sharpness")
 def hydra_main(cfg: DictConfig) -> None:
+    guarded(PROG, lambda: measure_on_every_process(cfg))
+
+
+def measure_on_every_process(cfg: DictConfig) -> None:
     from msam.engine import pick_device
 
+    ctx = dist.init_distributed(pick_device(cfg.device), cfg.dist_backend)
+    if not ctx.is_main:
+        logging.getLogger("msam").setLevel(logging.WARNING)
     try:
-        ctx = dist.init_distributed(pick_device(cfg.device), cfg.dist_backend)
-        if not ctx.is_main:
-            logging.getLogger("msam").setLevel(logging.WARNING)
-        try:
-            measure_all(cfg, ctx)
-        finally:
-            dist.shutdown(ctx)
-    except ConfigError as error:
-        print(f"msam-sharpness: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        measure_all(cfg, ctx)
+    finally:
+        dist.shutdown(ctx)
 
 
 def main() -> None:
+    """The contract of every msam tool (msam.cli): one line, exit 2 for bad input, 1 for a failure."""
+    preflight(PROG, CONF_DIR, "sharpness", sys.argv[1:])
     logging.getLogger("msam").setLevel(logging.INFO)
     hydra_main()
 

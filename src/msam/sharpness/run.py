@@ -8,12 +8,14 @@ import logging
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from msam import checkpoints, dist, runs
 from msam.data.analysis import analysis_data
 from msam.engine import per_sample_cross_entropy
-from msam.errors import ConfigError
+from msam.domains import SEED_MAX, Bool, Choice, Int, Number, Optional, Text, check_domains
+from msam.errors import ConfigError, RunError
 from msam.mirror import build_mirror
 from msam.models import build_model
 from msam.precision import exact_fp32
@@ -34,30 +36,37 @@ def default_settings(**overrides) -> DictConfig:
     return OmegaConf.merge(settings, overrides)
 
 
+def settings_domains() -> dict[str, dict]:
+    """conf/sharpness.yaml's keys and what each may be (msam.domains)."""
+    from msam.dist import BACKENDS
+
+    return {"": {"run": Optional(Text()), "runs": Optional(Text()), "overwrite": Bool(),
+                 "algorithm": Choice(ALGORITHMS), "max_iter": Int(1), "tol": Number(0, open_low=True),
+                 "trace_probes": Int(0), "product": Choice(PRODUCTS), "batch_size": Int(1),
+                 "max_samples": Optional(Int(1)), "dtype": Choice(tuple(DTYPES)), "device": Text(),
+                 "dist_backend": Choice(BACKENDS), "seed": Int(0, SEED_MAX), "keep_unconverged": Bool()}}
+
+
 def check_settings(settings: DictConfig) -> None:
     """One line per bad setting, before any run is opened."""
-    if settings.dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype '{settings.dtype}'; valid: {', '.join(DTYPES)}")
-    if settings.product not in PRODUCTS:
-        raise ConfigError(f"unknown product '{settings.product}'; valid: {', '.join(PRODUCTS)}")
-    if settings.algorithm not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm '{settings.algorithm}'; valid: {', '.join(ALGORITHMS)}")
-    for key in ("max_iter", "batch_size"):
-        if not isinstance(settings[key], int) or settings[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {settings[key]!r}")
-    if not isinstance(settings.trace_probes, int) or settings.trace_probes < 0:
-        raise ConfigError(f"trace_probes must be an integer >= 0, got {settings.trace_probes!r}")
-    if settings.max_samples is not None and (not isinstance(settings.max_samples, int) or settings.max_samples < 1):
-        raise ConfigError(f"max_samples must be null or a positive integer, got {settings.max_samples!r}")
+    check_domains(settings, settings_domains())
 
 
 def load_finished_run(run_dir: Path):
-    summary = runs.read_json(run_dir / "summary.json")
+    if not run_dir.is_dir():
+        raise ConfigError(f"run={run_dir} is not a folder: give a run directory (one with summary.json)")
+    try:
+        summary = runs.read_json(run_dir / "summary.json")
+    except RunError as error:
+        raise ConfigError(str(error)) from None
     if summary is None or not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"not a run directory (no summary.json/config.yaml): {run_dir}")
-    if summary["status"] != "finished":
-        raise ConfigError(f"run is not finished (status {summary['status']!r}): {run_dir}")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    if summary.get("status") != "finished":
+        raise ConfigError(f"run is not finished (status {summary.get('status')!r}): {run_dir}")
+    try:
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise ConfigError(f"{run_dir}/config.yaml is unreadable ({type(error).__name__}); restore it") from None
     state, _ = checkpoints.load(run_dir)
     if state is None:
         raise ConfigError(f"no last.pt in {run_dir}")

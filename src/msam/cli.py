@@ -1,0 +1,136 @@
+"""The contract of all four command-line tools (msam-train, msam-sharpness, msam-report, msam-bench).
+
+- Bad input (a config value, a command line Hydra cannot parse or compose, a missing or unreadable
+  data set or run folder): one line `<tool>: error: ...` on stderr, exit code 2, before any compute.
+- A run that cannot go on (non-finite values, a full disk, a run directory in use, a crash inside
+  torch): one line, exit code 1; what was written before stays intact.
+- `HYDRA_FULL_ERROR=1` shows the full traceback instead of the line, for a bug report.
+
+docs/cli.md is the user-facing page.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn, TypeVar
+
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from msam.errors import ConfigError, RunError
+
+T = TypeVar("T")
+FULL_ERROR = "HYDRA_FULL_ERROR"
+# Hydra's own options take values or change what runs (--cfg job, --help, ...): Hydra answers them.
+SWEEP_FLAGS = ("-m", "--multirun")
+OMEGACONF_DETAIL = ("full_key:", "object_type", "reference_type", "msg:")
+
+
+def one_line(text: str) -> str:
+    """An error message as one line: Hydra's and OmegaConf's span several (with indented details)."""
+    lines = [line.strip() for line in str(text).splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith(OMEGACONF_DETAIL))
+
+
+def message_of(error: BaseException) -> str:
+    """The error's own message. One raised in a DataLoader worker (an unreadable image) comes back
+    as the worker's whole traceback: its last line is the message."""
+    text = str(error)
+    if "Original Traceback (most recent call last)" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if f"{type(error).__name__}: " in last else last
+    return text
+
+
+def full_error() -> bool:
+    return os.environ.get(FULL_ERROR) == "1"
+
+
+def fail(prog: str, message: str, code: int) -> NoReturn:
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+    sys.exit(code)
+
+
+def config_key_message(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None)
+    return f"config key '{key}': {one_line(error)}" if key else one_line(error)
+
+
+def guarded(prog: str, task: Callable[[], T]) -> T:
+    """Run `task` under the contract: every exception becomes one line and an exit code."""
+    try:
+        return task()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # noqa: BLE001 - the contract covers every error
+        if full_error():
+            raise
+        if isinstance(error, ConfigError):
+            fail(prog, message_of(error), 2)
+        if isinstance(error, (HydraException, OmegaConfBaseException)):
+            fail(prog, config_key_message(error) if isinstance(error, OmegaConfBaseException) else str(error), 2)
+        if isinstance(error, RunError):
+            fail(prog, message_of(error), 1)
+        fail(prog, f"{type(error).__name__}: {one_line(message_of(error)) or 'no message'} (a bug? {FULL_ERROR}=1 "
+                   "shows the traceback)", 1)
+
+
+def single_job_overrides(overrides: list[str]) -> list[str]:
+    """The first job of a sweep: each `key=a,b,c` (or range/glob) with its first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    single = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()), None)
+            if first is None:
+                raise ConfigError(f"'{override.input_line}' sweeps over no values")
+            single.append(f"{override.get_key_element()}={first}")
+        else:
+            single.append(override.input_line)
+    return single
+
+
+def compose_or_fail(config_dir: Path, config_name: str, argv: list[str]):
+    """The config the command line asks for, composed and resolved as Hydra would, with Hydra's and
+    OmegaConf's errors (a typo in a key, an override it cannot parse, a bad interpolation) raised
+    as ConfigError: Hydra itself would print them over several lines with exit code 1."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if a not in SWEEP_FLAGS]
+    try:
+        if len(overrides) < len(argv):
+            overrides = single_job_overrides(overrides)
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides)
+        OmegaConf.to_container(cfg, resolve=True)
+        return cfg
+    except OverrideParseException as error:
+        raise ConfigError(f"cannot parse the override '{unparsable(overrides)}': {one_line(error)}") from error
+    except OmegaConfBaseException as error:
+        raise ConfigError(config_key_message(error)) from error
+    except HydraException as error:
+        raise ConfigError(one_line(error)) from error
+
+
+def unparsable(overrides: list[str]) -> str:
+    """The first override Hydra's grammar rejects (its error message does not name it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in overrides:
+        try:
+            OverridesParser.create().parse_overrides([override])
+        except OverrideParseException:
+            return override
+    return " ".join(overrides)
+
+
+def preflight(prog: str, config_dir: Path, config_name: str, argv: list[str]) -> None:
+    """Check the command line before Hydra runs it; Hydra's own options (--help, --cfg, ...) are
+    left to Hydra."""
+    if any(a.startswith("-") and a not in SWEEP_FLAGS for a in argv):
+        return
+    guarded(prog, lambda: compose_or_fail(config_dir, config_name, argv))
