@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, NoReturn, TypeVar
 
 from hydra.errors import HydraException, OverrideParseException
-from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from msam.errors import ConfigError, RunError
@@ -95,9 +94,11 @@ def single_job_overrides(overrides: list[str]) -> list[str]:
 
 
 def compose_or_fail(config_dir: Path, config_name: str, argv: list[str]):
-    """The config the command line asks for, composed and resolved as Hydra would, with Hydra's and
-    OmegaConf's errors (a typo in a key, an override it cannot parse, a bad interpolation) raised
-    as ConfigError: Hydra itself would print them over several lines with exit code 1."""
+    """The config the command line asks for, composed as Hydra would, with Hydra's and OmegaConf's
+    errors (a typo in a key, an override it cannot parse, a missing group option) raised as
+    ConfigError: Hydra itself would print them over several lines with exit code 1. Interpolations
+    are resolved by each tool's checks, after the checks whose messages say more (a GLUE task's
+    tokenizer interpolates model.checkpoint, which only text models have)."""
     from hydra import compose, initialize_config_dir
 
     overrides = [a for a in argv if a not in SWEEP_FLAGS]
@@ -105,9 +106,7 @@ def compose_or_fail(config_dir: Path, config_name: str, argv: list[str]):
         if len(overrides) < len(argv):
             overrides = single_job_overrides(overrides)
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides)
-        OmegaConf.to_container(cfg, resolve=True)
-        return cfg
+            return compose(config_name, overrides=overrides)
     except OverrideParseException as error:
         raise ConfigError(f"cannot parse the override '{unparsable(overrides)}': {one_line(error)}") from error
     except OmegaConfBaseException as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from msam.cli import config_key_message
 from msam.data import GLUE_TASKS, check_data, input_side
 from msam.domains import check_domains
 from msam.errors import ConfigError
@@ -70,7 +71,8 @@ def check_images(cfg: DictConfig) -> None:
     for key in ("mean", "std"):
         require(len(cfg.dataset[key]) == channels, f"dataset.{key} has {len(cfg.dataset[key])} values for "
                 f"{channels}-channel images (dataset.image_shape={list(cfg.dataset.image_shape)})")
-    check_input_size(cfg.model, input_side(cfg.dataset))
+    largest_m = max(method.m for method in (cfg.method, cfg.switch.then) if method is not None)
+    check_input_size(cfg.model, input_side(cfg.dataset), channels, cfg.batch_size // largest_m)
 
 
 def check_compile(cfg: DictConfig) -> None:
@@ -113,7 +115,7 @@ def check_config(cfg: DictConfig) -> None:
     try:
         check_all(cfg)
     except OmegaConfBaseException as error:
-        raise ConfigError(f"config key '{getattr(error, 'full_key', '?')}': {str(error).splitlines()[0]}") from None
+        raise ConfigError(config_key_message(error)) from None
 
 
 def check_all(cfg: DictConfig) -> None:
@@ -134,6 +136,10 @@ def derived_values(cfg: DictConfig, train_size: int, steps_per_epoch: int) -> di
     require(steps_per_epoch >= 1,
             f"batch_size={cfg.batch_size} is larger than the training set ({train_size} samples)")
     total_steps = cfg.epochs * steps_per_epoch
+    # torch's OneCycleLR divides by its warm-up length, pct_start * total_steps - 1
+    require(cfg.schedule.name != "onecycle" or cfg.schedule.warmup_fraction * total_steps != 1,
+            f"schedule.warmup_fraction={cfg.schedule.warmup_fraction} of {total_steps} steps is a warm-up of exactly 1 "
+            "step, which torch's OneCycleLR cannot take; change the fraction or the number of steps")
     derived = {
         "micro_batch_size": cfg.batch_size // cfg.method.m,
         "steps_per_epoch": steps_per_epoch,

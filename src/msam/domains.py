@@ -16,15 +16,19 @@ from omegaconf import OmegaConf
 from msam.errors import ConfigError
 
 SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit
+INT64_MAX = 2**63 - 1  # torch turns Python numbers into int64 or float64 tensors
 
 
 def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An int torch can hold (int64), not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= INT64_MAX
 
 
 def is_number(value) -> bool:
-    """A finite int or float (not a bool, not NaN or inf)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float torch can hold (not a bool, not NaN or inf)."""
+    if isinstance(value, int):
+        return is_int(value)
+    return isinstance(value, float) and math.isfinite(value)
 
 
 class Domain:
@@ -228,13 +232,19 @@ def check_value(key: str, value, domain: Domain | None) -> None:
 
 
 def check_domains(cfg, table: dict[str, dict] | None = None) -> None:
-    """Every key's value in its domain (msam-train's table by default); the first one outside is
-    one ConfigError line."""
+    """Every key of the table that the config has, in its domain (msam-train's table by default);
+    the first one outside is one ConfigError line. A dict where a value belongs is outside too."""
     table = domains() if table is None else table
     plain = OmegaConf.to_container(cfg, resolve=True)
-    for key, value in leaves(plain):
-        if not key.startswith(NOT_CHECKED):
-            check_value(key, value, domain_of(key, table))
+    for section, keys in table.items():
+        node = plain
+        for part in section.split(".") if section else ():
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        for key, domain in keys.items():
+            if key in node:
+                check_value(f"{section}.{key}" if section else key, node[key], domain)
 
 
 def unchecked_keys(cfg) -> list[str]:

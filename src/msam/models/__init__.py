@@ -15,7 +15,13 @@ from msam.models.text import check_text_checkpoint, text_classifier
 from msam.models.wide_resnet import WideResNet
 
 CIFAR_DEPTHS = tuple(DEPTHS)
-ARCHITECTURES = ("small_cnn", "cifar_resnet", "wide_resnet", "torchvision", "timm", "transformers")
+# The keys each architecture's builder reads (conf/model/*.yaml give them).
+ARCH_KEYS = {"small_cnn": ("width",), "cifar_resnet": ("depth",), "wide_resnet": ("depth", "width", "dropout"),
+             "torchvision": ("torchvision_name", "checkpoint"), "timm": ("timm_name", "dropout", "checkpoint"),
+             "transformers": ("model_type", "checkpoint", "config")}
+ARCHITECTURES = tuple(ARCH_KEYS)
+# How much each BatchNorm architecture shrinks an image's side before its last BatchNorm.
+BATCHNORM_STRIDE = {"small_cnn": 2, "cifar_resnet": 8, "wide_resnet": 4, "torchvision": 32}
 
 
 def installed(module: str) -> bool:
@@ -35,6 +41,10 @@ def check_model(cfg) -> None:
         check_text_checkpoint(cfg.get("checkpoint"))
     else:
         check_checkpoint(cfg.get("checkpoint"))
+    missing = [key for key in ARCH_KEYS[cfg.arch] if key not in cfg]
+    if missing:
+        raise ConfigError(f"model.arch={cfg.arch} needs model.{missing[0]}: choose the architecture with model=<name> "
+                          "(conf/model/), not model.arch")
     if cfg.arch == "wide_resnet" and (cfg.depth - 4) % 6:
         raise ConfigError(f"model.depth={cfg.depth}: a Wide-ResNet's depth is 6n + 4 (16, 22, 28, 40, ...)")
     if cfg.arch == "cifar_resnet" and cfg.depth not in CIFAR_DEPTHS:
@@ -44,9 +54,18 @@ def check_model(cfg) -> None:
                           f"model.checkpoint=PATH (docs/training.md, 'Models', says how to get them)")
 
 
-def check_input_size(cfg, side: int) -> None:
+def check_input_size(cfg, side: int, channels: int, micro_batch: int) -> None:
     """Images of side x side pixels through the model: a ViT needs whole patches, the small CNN's
-    pooling at least 2 pixels."""
+    pooling at least 2 pixels, torchvision's ImageNet models 3 channels, and BatchNorm in training
+    more than one value per channel in its last layer (micro-batch x the last feature map)."""
+    if cfg.arch in BATCHNORM_STRIDE:
+        last = -(-side // BATCHNORM_STRIDE[cfg.arch])  # the side of the last BatchNorm's feature map
+        if micro_batch * last * last < 2:
+            raise ConfigError(f"model={cfg.name} shrinks {side}x{side} images to {last}x{last} before its last "
+                              f"BatchNorm: micro-batches of {micro_batch} give it one value per channel (torch "
+                              "refuses); use larger micro-batches (batch_size / method.m) or larger images")
+    if cfg.arch == "torchvision" and channels != 3:
+        raise ConfigError(f"model={cfg.name} takes 3-channel images; these have {channels}")
     if cfg.arch == "timm":
         named = re.search(r"patch(\d+)", cfg.timm_name)
         patch = cfg.get("patch_size") or (int(named.group(1)) if named else None)
@@ -72,4 +91,4 @@ def build_model(cfg, num_classes: int, input_shape: tuple[int, ...], smoke=None)
     with loading_checkpoint(cfg):
         if cfg.arch == "torchvision":
             return torchvision_model(cfg.torchvision_name, num_classes, cfg.checkpoint)
-        return timm_vit(cfg, num_classes, input_shape[-1])
+        return timm_vit(cfg, num_classes, input_shape[-1], input_shape[0])

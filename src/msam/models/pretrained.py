@@ -45,10 +45,10 @@ def torchvision_model(name: str, num_classes: int, checkpoint: str | None) -> nn
     return model
 
 
-def timm_vit(cfg, num_classes: int, image_size: int) -> nn.Module:
+def timm_vit(cfg, num_classes: int, image_size: int, channels: int) -> nn.Module:
     """A timm ViT; with model.checkpoint, timm loads that local file and adapts the head and
     position embeddings to num_classes and image_size. Never downloads from the hub."""
-    kwargs = dict(num_classes=num_classes, img_size=image_size, drop_rate=cfg.dropout)
+    kwargs = dict(num_classes=num_classes, img_size=image_size, in_chans=channels, drop_rate=cfg.dropout)
     if cfg.get("patch_size") is not None:
         kwargs["patch_size"] = cfg.patch_size
     if cfg.checkpoint is None:
