@@ -6,7 +6,7 @@ The lines are drawn from tests/cli_domain.py: every key of the composed config, 
 and valid ones from the key's own domain, plus group choices. Hypothesis shrinks a failure to
 the smallest command line that shows it.
 
-`make test` runs the `ci` profile (a fixed seed, 60 lines). A long run for a nightly job:
+`make test` runs the `ci` profile (a fixed seed, 100 lines). A long run for a nightly job:
     .venv/bin/python -m pytest tests/test_cli_property.py --hypothesis-profile=long
 and scripts/fuzz_cli.py tallies what N lines end in without stopping at the first failure.
 """
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from msam.domains import domains, unchecked_keys
 
-settings.register_profile("ci", max_examples=60, derandomize=True, database=None, deadline=None,
+settings.register_profile("ci", max_examples=100, derandomize=True, database=None, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
