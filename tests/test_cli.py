@@ -18,37 +18,65 @@ BAD_INPUTS = {
     "sam with m": (["method=sam", "method.m=4"], "use msam for m=4"),
     "asam without adaptive": (["method=asam", "method.adaptive=false"], "method=asam is SAM with adaptive=true"),
     "rwsam probe mode": (["method=rwsam", "method.probe_bn=eval"], "method.probe_bn must be one of batch, running, got 'eval'"),
-    "bad switch fraction": (["switch=to_vanilla", "switch.fraction=1.5"], "switch.fraction must be null or a finite number in (0, 1), got 1.5"),
+    "bad switch fraction": (["switch=to_vanilla", "switch.fraction=1.5"],
+                            "switch.fraction must be null or a finite number in (0, 1), got 1.5"),
+    "nan learning rate": (["optim.lr=nan"], "optim.lr must be a finite number in (0, inf), got nan"),
+    "an int torch cannot hold": (["method.eps=99999999999999999999"], "method.eps must be a finite number in (0, inf)"),
+    "a dict where a number belongs": (["method=sam", "method.rho={a:1}"],
+                                      "method.rho must be a finite number in [0, inf), got {'a': 1}"),
+    "a list of the wrong length": (["dataset.image_shape=[1,8]"], "dataset.image_shape must be a list of 3 items"),
+    "normalisation of other channels": (["dataset.mean=[0.1,0.2]"], "dataset.mean has 2 values for 1-channel images"),
+    "ViT patches larger than the images": (["model=vit_s32"], "model=vit_s32 cuts 8x8 images into 32x32 patches"),
+    "ImageNet model on 1-channel images": (["model=imagenet_resnet50"], "takes 3-channel images; these have 1"),
+    "BatchNorm on one value per channel": (["model=resnet18", "method.m=64"],
+                                           "micro-batches of 1 give it one value per channel"),
+    "an architecture without its keys": (["model.arch=torchvision"], "model.arch=torchvision needs model.torchvision_name"),
+    "Wide-ResNet depth": (["model=wrn16_8", "model.depth=17"], "a Wide-ResNet's depth is 6n + 4"),
+    "nesterov without momentum": (["optim.nesterov=true", "optim.momentum=0"],
+                                  "optim.nesterov=true needs optim.momentum > 0"),
+    "unknown compile backend": (["compile.enabled=true", "method.impl=loop", "compile.backend=tvm2"],
+                                "unknown compile.backend 'tvm2'"),
+    "a OneCycle warm-up of one step": (["method=vanilla", "batch_size=719", "epochs=1", "schedule.warmup_fraction=0.5"],
+                                       "is a warm-up of exactly 1 step"),
 }
 
 
-def run_cli(args, tmp_path):
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_line(case, tmp_path, run_cli, capsys):
+    """In this process, through msam-train's own entry point (test_cli_process runs a real one)."""
+    from msam.train import main
+
+    args, expected = BAD_INPUTS[case]
+    assert run_cli(main, *args, f"paths.runs={tmp_path}/runs", f"paths.data={tmp_path}/nothing", "device=cpu") == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("msam-train: error: "), err
+    assert expected in lines[0]
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("last.pt"))
+
+
+def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path):
+    result = run_command(["-m", "method=sam,adam"], tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "msam-train: error: unknown method 'adam'; valid: asam, msam, rwsam, sam, vanilla"], result.stderr
+
+
+def run_command(args, tmp_path):
     command = [sys.executable, "-m", "msam.train", *args, f"paths.runs={tmp_path}/runs",
                f"paths.data={tmp_path}/nothing", "device=cpu"]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_clear_line(case, tmp_path):
-    args, expected = BAD_INPUTS[case]
-    result = run_cli(args, tmp_path)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("msam-train: error: "), result.stderr
-    assert expected in lines[0]
-    assert "Traceback" not in result.stdout + result.stderr
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("last.pt"))
-
-
 def test_a_good_command_trains(tmp_path):
-    result = run_cli(["method=msam", "method.m=4", "epochs=1", "log_every_steps=0"], tmp_path)
+    result = run_command(["method=msam", "method.m=4", "epochs=1", "log_every_steps=0"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "runs").glob("*/summary.json"))) == 1
     assert not (tmp_path / "outputs").exists()  # Hydra writes no timestamped folders
 
 
 def test_a_multirun_sweep_trains_each_combination(tmp_path):
-    result = run_cli(["-m", "method=vanilla,sam", "seed=0,1", "epochs=1", "log_every_steps=0"], tmp_path)
+    result = run_command(["-m", "method=vanilla,sam", "seed=0,1", "epochs=1", "log_every_steps=0"], tmp_path)
     assert result.returncode == 0, result.stderr
     summaries = sorted(p.parent.name for p in (tmp_path / "runs").glob("*/summary.json"))
     assert len(summaries) == 4 and sum("_sam_" in name for name in summaries) == 2

@@ -1,4 +1,4 @@
-"""Hostile data and environments: each is one line naming the thing and what to do (docs/cli.md).
+"""Hostile data and environments: each is one line naming the thing and what to do (docs/faults.md).
 
 Running as root (CI does) ignores file permissions and cannot mount a read-only file system, so
 permission and read-only faults are injected from outside: `open`, `os.scandir` or `mkstemp`

@@ -6,7 +6,7 @@
   torch): one line, exit code 1; what was written before stays intact.
 - `HYDRA_FULL_ERROR=1` shows the full traceback instead of the line, for a bug report.
 
-docs/cli.md is the user-facing page.
+docs/faults.md ("When the input is wrong") is the user-facing page.
 """
 
 from __future__ import annotations
