@@ -26,10 +26,16 @@ BAD_INPUTS = {
                                       "method.rho must be a finite number in [0, inf), got {'a': 1}"),
     "a list of the wrong length": (["dataset.image_shape=[1,8]"], "dataset.image_shape must be a list of 3 items"),
     "normalisation of other channels": (["dataset.mean=[0.1,0.2]"], "dataset.mean has 2 values for 1-channel images"),
-    "ViT patches larger than the images": (["model=vit_s32"], "model=vit_s32 cuts 8x8 images into 32x32 patches"),
+    "ViT patches larger than the images": (["model=vit_s32"], "model=vit_s32 cuts images into 32x32 patches: 8x8 images hold none"),
     "ImageNet model on 1-channel images": (["model=imagenet_resnet50"], "takes 3-channel images; these have 1"),
     "BatchNorm on one value per channel": (["model=resnet18", "method.m=64"],
                                            "micro-batches of 1 give it one value per channel"),
+    "the small CNN's pooling rounds down": (["dataset=synthetic", "dataset.image_shape=[3,3,3]", "method=vanilla",
+                                             "batch_size=1"], "shrinks 3x3 images to 1x1"),
+    "images of another shape than the data set's": (["dataset.image_shape=[1,16,16]"],
+                                                    "dataset.image_shape=[1, 16, 16], but digits images are [1, 8, 8]"),
+    "an unknown timm model": (["dataset=cifar10", "model=vit_small", "model.timm_name=vit_huge_patch99"],
+                              "model.timm_name=vit_huge_patch99 is not a timm model"),
     "an architecture without its keys": (["model.arch=torchvision"], "model.arch=torchvision needs model.torchvision_name"),
     "Wide-ResNet depth": (["model=wrn16_8", "model.depth=17"], "a Wide-ResNet's depth is 6n + 4"),
     "nesterov without momentum": (["optim.nesterov=true", "optim.momentum=0"],
@@ -60,6 +66,22 @@ def test_bad_input_in_a_real_process_is_one_line_and_exit_2(tmp_path):
     result = run_command(["-m", "method=sam,adam"], tmp_path)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "msam-train: error: unknown method 'adam'; valid: asam, msam, rwsam, sam, vanilla"], result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["model=resnet18", "method.m=32"],  # 2 samples of 1x1 before the last BatchNorm: enough
+    ["dataset=synthetic", "dataset.image_shape=[3,4,4]", "method=vanilla", "batch_size=1"],  # small CNN: 2x2
+    ["dataset=cifar10", "model=vit_s32", "dataset.resize=36"],  # one 32x32 patch (timm drops the rest)
+    ["model=roberta_base", "dataset=sst2", "model.config={hidden_size:64}"],  # a transformers config
+    ["dataset.mean=[0.5]", "dataset=cifar10"],  # one mean for every channel
+])
+def test_valid_edges_are_accepted(args, make_cfg, monkeypatch):
+    """The other side of the checks above: the smallest settings that work are not refused."""
+    import msam.config
+    from msam.config import check_config
+
+    monkeypatch.setattr(msam.config, "check_data", lambda *a, **k: None)  # no data on disk here
+    check_config(make_cfg(*args))
 
 
 def run_command(args, tmp_path):

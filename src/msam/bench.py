@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from msam import allocator, timing
-from msam.cli import guarded, preflight
+from msam.cli import finish_sweep, guarded, preflight
 from msam.config import require
 from msam.domains import SEED_MAX, Bool, Choice, Int, ListOf, Number, Text, check_domains
 from msam.dist import DistContext
@@ -185,6 +185,7 @@ def main() -> None:
     """The contract of every msam tool (msam.cli): one line, exit 2 for bad input, 1 for a failure."""
     preflight(PROG, CONF_DIR, "bench", sys.argv[1:])
     hydra_main()
+    finish_sweep(PROG)
 
 
 def bench(cfg: DictConfig) -> None:

@@ -58,8 +58,46 @@ def config_key_message(error: OmegaConfBaseException) -> str:
     return f"config key '{key}': {one_line(error)}" if key else one_line(error)
 
 
-def guarded(prog: str, task: Callable[[], T]) -> T:
-    """Run `task` under the contract: every exception becomes one line and an exit code."""
+def classify(error: Exception) -> tuple[int, str]:
+    """The exit code and the one line for an error."""
+    if isinstance(error, ConfigError):
+        return 2, message_of(error)
+    if isinstance(error, OmegaConfBaseException):
+        return 2, config_key_message(error)
+    if isinstance(error, HydraException):
+        return 2, str(error)
+    if isinstance(error, RunError):
+        return 1, message_of(error)
+    return 1, f"{type(error).__name__}: {one_line(message_of(error)) or 'no message'} (a bug? {FULL_ERROR}=1 shows " \
+              "the traceback)"
+
+
+class JobFailed(RuntimeError):
+    """One job of a sweep on a cluster failed; the launcher (submitit) records its one line."""
+
+
+FAILED_JOBS: list[int] = []  # exit codes of the failed jobs of a local multirun
+
+
+def sweep_job() -> str | None:
+    """'local' or 'remote' (a submitit launcher) when running as one job of a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return "remote" if "submitit" in str(HydraConfig.get().launcher.get("_target_", "")) else "local"
+
+
+def is_first_process() -> bool:
+    """Under torchrun every process fails alike: the first one says why."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def guarded(prog: str, task: Callable[[], T]) -> T | None:
+    """Run `task` under the contract: every exception becomes one line and an exit code. In a
+    local multirun the sweep goes on and finish_sweep exits with the worst code at its end; in a
+    job on a cluster the job fails with the line as its error."""
     try:
         return task()
     except (KeyboardInterrupt, SystemExit):
@@ -67,22 +105,37 @@ def guarded(prog: str, task: Callable[[], T]) -> T:
     except Exception as error:  # noqa: BLE001 - the contract covers every error
         if full_error():
             raise
-        if isinstance(error, ConfigError):
-            fail(prog, message_of(error), 2)
-        if isinstance(error, (HydraException, OmegaConfBaseException)):
-            fail(prog, config_key_message(error) if isinstance(error, OmegaConfBaseException) else str(error), 2)
-        if isinstance(error, RunError):
-            fail(prog, message_of(error), 1)
-        fail(prog, f"{type(error).__name__}: {one_line(message_of(error)) or 'no message'} (a bug? {FULL_ERROR}=1 "
-                   "shows the traceback)", 1)
+        code, message = classify(error)
+        job = sweep_job()
+        if job is None and not is_first_process():
+            sys.exit(code)
+        if job is None:
+            fail(prog, message, code)
+        print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+        if job == "remote":
+            raise JobFailed(one_line(message)) from None
+        FAILED_JOBS.append(code)
+        return None
 
 
-def single_job_overrides(overrides: list[str]) -> list[str]:
-    """The first job of a sweep: each `key=a,b,c` (or range/glob) with its first value."""
+def finish_sweep(prog: str) -> None:
+    """After a local multirun: one line and the worst exit code if any job failed."""
+    codes = list(FAILED_JOBS)
+    FAILED_JOBS.clear()
+    if codes:
+        fail(prog, f"{len(codes)} job(s) of the sweep failed, each with its line above", max(codes))
+
+
+def single_job_overrides(overrides: list[str]) -> list[str] | None:
+    """The first job of a sweep: each `key=a,b,c` (or range) with its first value; None for a
+    sweep the preflight cannot expand."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
 
     single = []
     for override in OverridesParser.create().parse_overrides(overrides):
+        if override.value_type in (ValueType.GLOB_CHOICE_SWEEP, ValueType.INTERVAL_SWEEP):
+            return None  # glob() needs Hydra's config loader, interval() a sweeper plugin: Hydra checks them
         if override.is_sweep_override():
             first = next(iter(override.sweep_string_iterator()), None)
             if first is None:
@@ -98,13 +151,16 @@ def compose_or_fail(config_dir: Path, config_name: str, argv: list[str]):
     errors (a typo in a key, an override it cannot parse, a missing group option) raised as
     ConfigError: Hydra itself would print them over several lines with exit code 1. Interpolations
     are resolved by each tool's checks, after the checks whose messages say more (a GLUE task's
-    tokenizer interpolates model.checkpoint, which only text models have)."""
+    tokenizer interpolates model.checkpoint, which only text models have). None for a sweep that
+    Hydra must expand itself (glob, interval)."""
     from hydra import compose, initialize_config_dir
 
     overrides = [a for a in argv if a not in SWEEP_FLAGS]
     try:
         if len(overrides) < len(argv):
             overrides = single_job_overrides(overrides)
+            if overrides is None:
+                return None
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             return compose(config_name, overrides=overrides)
     except OverrideParseException as error:

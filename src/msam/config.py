@@ -6,6 +6,8 @@ and the engine logs them and stores them in summary.json.
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -69,10 +71,17 @@ def check_images(cfg: DictConfig) -> None:
         return
     channels = cfg.dataset.image_shape[0]
     for key in ("mean", "std"):
-        require(len(cfg.dataset[key]) == channels, f"dataset.{key} has {len(cfg.dataset[key])} values for "
+        require(len(cfg.dataset[key]) in (1, channels), f"dataset.{key} has {len(cfg.dataset[key])} values for "
                 f"{channels}-channel images (dataset.image_shape={list(cfg.dataset.image_shape)})")
+    check_input_size(cfg.model, input_side(cfg.dataset), channels, smallest_micro_batch(cfg))
+
+
+def smallest_micro_batch(cfg: DictConfig) -> int:
+    """The fewest samples one forward pass in training sees: B/m per micro-batch, and with K
+    processes (torchrun sets WORLD_SIZE) at most B/K each."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
     largest_m = max(method.m for method in (cfg.method, cfg.switch.then) if method is not None)
-    check_input_size(cfg.model, input_side(cfg.dataset), channels, cfg.batch_size // largest_m)
+    return cfg.batch_size // max(largest_m, processes)
 
 
 def check_compile(cfg: DictConfig) -> None:
@@ -126,8 +135,8 @@ def check_all(cfg: DictConfig) -> None:
     check_switch(cfg)
     check_compile(cfg)
     check_optimisation(cfg)
-    check_images(cfg)
     check_model(cfg.model)
+    check_images(cfg)
     check_data(cfg.dataset, cfg.get("smoke"))
 
 

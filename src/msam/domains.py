@@ -109,6 +109,17 @@ class Text(Domain):
 
 
 @dataclass(frozen=True)
+class Mapping(Domain):
+    """Key-value settings handed to a library (a transformers config)."""
+
+    def accepts(self, value) -> bool:
+        return isinstance(value, dict)
+
+    def describe(self) -> str:
+        return "a mapping {key: value, ...}"
+
+
+@dataclass(frozen=True)
 class Optional(Domain):
     inner: Domain
 
@@ -165,7 +176,7 @@ def domains() -> dict[str, dict]:
     fraction = Number(0, 1, open_high=True)
     return {
         "": {"seed": Int(0, SEED_MAX), "epochs": Int(1), "batch_size": Int(1), "eval_batch_size": Int(1),
-             "label_smoothing": fraction, "grad_clip_norm": Optional(Number(0, open_low=True)),
+             "label_smoothing": Number(0, 1), "grad_clip_norm": Optional(Number(0, open_low=True)),
              "precision": Choice(("fp32", "bf16", "fp16")), "tf32": Bool(), "channels_last": Bool(),
              "device": Text(), "dist_backend": Choice(BACKENDS), "resume": Choice(("auto", "never", "force")),
              "checkpoint_every_steps": Int(0), "nonfinite": Choice(MODES), "nonfinite_check_every": Int(1),
@@ -179,7 +190,7 @@ def domains() -> dict[str, dict]:
         "paths": {"data": Text(), "runs": Text()},
         "logger": {"name": Choice(("none", "wandb")), "project": Text(), "entity": Optional(Text()),
                    "group": Optional(Text()), "tags": ListOf(Text()),
-                   "mode": Choice(("offline", "online", "disabled"))},
+                   "mode": Choice(("offline", "online", "disabled", "shared"))},
         "dataset": {"name": Choice(tuple(sorted(BUILDERS))), "num_classes": Int(2), "image_shape": ListOf(Int(1), 3),
                     "test_fraction": Number(0, 1, open_low=True, open_high=True), "split_seed": Int(0, SEED_MAX),
                     "mean": ListOf(Number(), min_length=1), "std": ListOf(Number(0, open_low=True), min_length=1),
@@ -191,7 +202,7 @@ def domains() -> dict[str, dict]:
         "model": {"name": Text(), "arch": Choice(ARCHITECTURES), "width": Int(1), "depth": Int(1),
                   "dropout": fraction, "checkpoint": Optional(Text()), "pretrained_required": Bool(),
                   "torchvision_name": Text(), "timm_name": Text(), "patch_size": Optional(Int(1)),
-                  "model_type": Text(), "config": Optional(Text())},
+                  "model_type": Text(), "config": Optional(Mapping())},
         "method": _method(),
         "switch": {"fraction": Optional(Number(0, 1, open_low=True, open_high=True))},
         "switch.then": _method(),

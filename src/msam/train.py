@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from msam.cli import fail, guarded, preflight
+from msam.cli import fail, finish_sweep, guarded, preflight
 from msam.errors import ConfigError
 
 PROG = "msam-train"
@@ -26,6 +26,8 @@ def check_group_choices(argv: list[str]) -> None:
         if not sep or key not in GROUPS:
             continue
         valid = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+        if value.startswith(("glob(", "choice(", "range(")):
+            continue  # Hydra's sweep functions: Hydra checks what they expand to
         for choice in value.split(","):
             if choice not in valid:
                 raise ConfigError(f"unknown {key} '{choice}'; valid: {', '.join(valid)}")
@@ -35,7 +37,8 @@ def check_group_choices(argv: list[str]) -> None:
 def hydra_main(cfg: DictConfig) -> float | None:
     from msam.engine import train  # imported here so `--help` and bad input stay fast
 
-    return guarded(PROG, lambda: train(cfg))["test_acc"]
+    summary = guarded(PROG, lambda: train(cfg))
+    return None if summary is None else summary["test_acc"]
 
 
 def main() -> None:
@@ -47,6 +50,7 @@ def main() -> None:
     preflight(PROG, CONF_DIR, "train", sys.argv[1:])
     logging.getLogger("msam").setLevel(logging.INFO)
     hydra_main()
+    finish_sweep(PROG)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ BUILDERS = {
     "imagenet": build_imagenet,
     **{task: build_glue for task in GLUE_TASKS},
 }
+# The shape of the images on disk: dataset.image_shape describes them (the smoke overlay's synthetic
+# stand-in takes the same), it cannot change them.
+REAL_SHAPES = {"digits": [1, 8, 8], "cifar10": [3, 32, 32], "cifar100": [3, 32, 32]}
 CHECKERS = {"cifar10": check_cifar, "cifar100": check_cifar, "imagenet": check_imagenet,
             **{task: check_glue for task in GLUE_TASKS}}
 
@@ -27,6 +30,10 @@ def check_data(cfg, smoke=None) -> None:
     """Fail with one line, before any compute, if the data set is unknown or missing."""
     if cfg.name not in BUILDERS:
         raise ConfigError(f"unknown dataset '{cfg.name}'; valid: {', '.join(sorted(BUILDERS))}")
+    shape = REAL_SHAPES.get(cfg.name)
+    if shape is not None and list(cfg.image_shape) != shape:
+        raise ConfigError(f"dataset.image_shape={list(cfg.image_shape)}, but {cfg.name} images are {shape} (to feed a "
+                          "model larger CIFAR images, set dataset.resize)")
     if cfg.name in CHECKERS and smoke is None:
         CHECKERS[cfg.name](cfg)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import re
 
+import timm
 from torch import nn
+from torchvision import models as tv_models
 
 from msam.errors import ConfigError
 from msam.models.cifar_resnet import DEPTHS, cifar_resnet
@@ -22,6 +24,12 @@ ARCH_KEYS = {"small_cnn": ("width",), "cifar_resnet": ("depth",), "wide_resnet":
 ARCHITECTURES = tuple(ARCH_KEYS)
 # How much each BatchNorm architecture shrinks an image's side before its last BatchNorm.
 BATCHNORM_STRIDE = {"small_cnn": 2, "cifar_resnet": 8, "wide_resnet": 4, "torchvision": 32}
+
+
+def last_batchnorm_side(arch: str, side: int) -> int:
+    """Strided convolutions (padding 1) round a side up; the small CNN's 2x2 max-pool rounds down."""
+    stride = BATCHNORM_STRIDE[arch]
+    return side // stride if arch == "small_cnn" else -(-side // stride)
 
 
 def installed(module: str) -> bool:
@@ -45,6 +53,11 @@ def check_model(cfg) -> None:
     if missing:
         raise ConfigError(f"model.arch={cfg.arch} needs model.{missing[0]}: choose the architecture with model=<name> "
                           "(conf/model/), not model.arch")
+    if cfg.arch == "timm" and not timm.is_model(cfg.timm_name):
+        raise ConfigError(f"model.timm_name={cfg.timm_name} is not a timm model (timm.list_models() lists them)")
+    if cfg.arch == "torchvision" and cfg.torchvision_name not in tv_models.list_models():
+        raise ConfigError(f"model.torchvision_name={cfg.torchvision_name} is not a torchvision model "
+                          "(torchvision.models.list_models() lists them)")
     if cfg.arch == "wide_resnet" and (cfg.depth - 4) % 6:
         raise ConfigError(f"model.depth={cfg.depth}: a Wide-ResNet's depth is 6n + 4 (16, 22, 28, 40, ...)")
     if cfg.arch == "cifar_resnet" and cfg.depth not in CIFAR_DEPTHS:
@@ -59,7 +72,7 @@ def check_input_size(cfg, side: int, channels: int, micro_batch: int) -> None:
     pooling at least 2 pixels, torchvision's ImageNet models 3 channels, and BatchNorm in training
     more than one value per channel in its last layer (micro-batch x the last feature map)."""
     if cfg.arch in BATCHNORM_STRIDE:
-        last = -(-side // BATCHNORM_STRIDE[cfg.arch])  # the side of the last BatchNorm's feature map
+        last = last_batchnorm_side(cfg.arch, side)
         if micro_batch * last * last < 2:
             raise ConfigError(f"model={cfg.name} shrinks {side}x{side} images to {last}x{last} before its last "
                               f"BatchNorm: micro-batches of {micro_batch} give it one value per channel (torch "
@@ -69,9 +82,9 @@ def check_input_size(cfg, side: int, channels: int, micro_batch: int) -> None:
     if cfg.arch == "timm":
         named = re.search(r"patch(\d+)", cfg.timm_name)
         patch = cfg.get("patch_size") or (int(named.group(1)) if named else None)
-        if patch is not None and side % patch:
-            raise ConfigError(f"model={cfg.name} cuts {side}x{side} images into {patch}x{patch} patches: the side must "
-                              f"be a multiple of {patch} (set model.patch_size, or dataset.resize for CIFAR)")
+        if patch is not None and side < patch:
+            raise ConfigError(f"model={cfg.name} cuts images into {patch}x{patch} patches: {side}x{side} images hold "
+                              "none (set model.patch_size, or dataset.resize for CIFAR)")
     if cfg.arch == "small_cnn" and side < 2:
         raise ConfigError(f"model=small_cnn pools 2x2: images of side {side} are too small")
 

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from msam.cli import guarded, preflight
+from msam.cli import finish_sweep, guarded, preflight
 from msam.domains import Int, Text, check_domains
 from msam.errors import ConfigError
 from msam.report.collect import collect_runs
@@ -74,6 +74,7 @@ def main() -> None:
     """The contract of every msam tool (msam.cli): one line, exit 2 for bad input, 1 for a failure."""
     preflight(PROG, CONF_DIR, "report", sys.argv[1:])
     hydra_main()
+    finish_sweep(PROG)
 
 
 if __name__ == "__main__":

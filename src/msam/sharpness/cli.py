@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from msam import dist
-from msam.cli import guarded, preflight
+from msam.cli import finish_sweep, guarded, preflight
 from msam.errors import ConfigError
 from msam.train import CONF_DIR
 
@@ -76,6 +76,7 @@ def main() -> None:
     preflight(PROG, CONF_DIR, "sharpness", sys.argv[1:])
     logging.getLogger("msam").setLevel(logging.INFO)
     hydra_main()
+    finish_sweep(PROG)
 
 
 if __name__ == "__main__":
