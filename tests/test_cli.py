@@ -133,3 +133,24 @@ def test_a_runs_folder_that_cannot_be_created_is_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert f"cannot write to {tmp_path}/a_file/runs" in lines[0] and "set paths.runs" in lines[0]
+
+
+def test_a_sweep_goes_on_past_a_failing_job_and_exits_with_its_code(tmp_path):
+    """Job 0 (m=3 does not divide 64) fails in one line; job 1 trains; the sweep then exits 2."""
+    result = run_command(["-m", "method.m=3,4", "epochs=1", "log_every_steps=0"], tmp_path)
+    errors = [line for line in result.stderr.strip().splitlines() if "error" in line]
+    assert result.returncode == 2, result.stderr
+    assert errors == ["msam-train: error: method.m=3 does not divide batch_size=64 into equal micro-batches",
+                      "msam-train: error: 1 job(s) of the sweep failed, each with its line above"], result.stderr
+    assert ["_m4_" in p.parent.name for p in (tmp_path / "runs").glob("*/summary.json")] == [True]
+
+
+def test_under_torchrun_only_the_first_process_says_why(tmp_path, run_cli, capsys, monkeypatch):
+    from msam.train import main
+
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(main, "method.m=3", f"paths.runs={tmp_path}/runs", "device=cpu") == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert run_cli(main, "method.m=3", f"paths.runs={tmp_path}/runs", "device=cpu") == 2
+    assert "does not divide" in capsys.readouterr().err
