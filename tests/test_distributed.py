@@ -189,7 +189,8 @@ def test_global_m_must_be_divisible_by_the_processes():
 
 
 def test_torchrun_trains_one_run_written_once(tmp_path):
-    common = ["method=msam", "method.m=4", "epochs=1", "device=cpu", "log_every_steps=0"]
+    # impl pinned: with auto, two separately started runs may time the implementations differently
+    common = ["method=msam", "method.m=4", "method.impl=loop", "epochs=1", "device=cpu", "log_every_steps=0"]
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     result = subprocess.run(
         [torchrun, "--nproc-per-node=2", "--master-port", str(free_port()), "-m", "msam.train", *common,

@@ -136,7 +136,7 @@ def test_table_sweep_composes_every_job_and_smoke_runs_one(table, tmp_path, monk
     # the data sets and pretrained weights are not on this machine.
     monkeypatch.setattr(msam.config, "check_data", lambda *a, **k: None)
     for job in jobs:
-        check_config(compose_cfg(f"table={table}", *job, "model.pretrained_required=false"))
+        check_config(compose_cfg(f"table={table}", *job, "++model.pretrained_required=false"))
 
 
 def test_every_experiment_as_the_paper_runs_it_passes_the_checks(monkeypatch):
@@ -144,7 +144,7 @@ def test_every_experiment_as_the_paper_runs_it_passes_the_checks(monkeypatch):
 
     monkeypatch.setattr(msam.config, "check_data", lambda *a, **k: None)  # no data sets on this machine
     for name in EXPERIMENTS:
-        check_config(compose_cfg(f"experiment={name}", "model.pretrained_required=false"))
+        check_config(compose_cfg(f"experiment={name}", "++model.pretrained_required=false"))
 
 
 def smoke_extra(job):

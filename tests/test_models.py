@@ -49,3 +49,9 @@ def test_missing_checkpoint_is_a_one_line_error(make_cfg, tmp_path):
     cfg = make_cfg("model=vit_b16", f"model.checkpoint={tmp_path}/nope.safetensors")
     with pytest.raises(ConfigError, match="model.checkpoint not found"):
         build_model(cfg.model, 10, (3, 32, 32))
+
+
+def test_a_vit_takes_images_of_any_channel_count(make_cfg):
+    """timm builds 3-channel ViTs unless told otherwise: digits (1 channel) would fail at the first step."""
+    model = build_model(make_cfg("model=vit_small").model, 10, (1, 8, 8))
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import hydra
@@ -18,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from msam import allocator, timing
-from msam.cli import finish_sweep, guarded, preflight
+from msam.cli import guarded, run_tool
 from msam.config import require
 from msam.domains import SEED_MAX, Bool, Choice, Int, ListOf, Number, Text, check_domains
 from msam.dist import DistContext
@@ -182,10 +181,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The contract of every msam tool (msam.cli): one line, exit 2 for bad input, 1 for a failure."""
-    preflight(PROG, CONF_DIR, "bench", sys.argv[1:])
-    hydra_main()
-    finish_sweep(PROG)
+    run_tool(PROG, CONF_DIR, "bench", hydra_main)
 
 
 def bench(cfg: DictConfig) -> None:

@@ -183,6 +183,14 @@ def unparsable(overrides: list[str]) -> str:
     return " ".join(overrides)
 
 
+def run_tool(prog: str, config_dir: Path, config_name: str, hydra_main: Callable[[], None]) -> None:
+    """A tool's entry point: check the command line, let Hydra run it (each tool's task runs
+    under `guarded`), then say whether a sweep's jobs failed."""
+    preflight(prog, config_dir, config_name, sys.argv[1:])
+    hydra_main()
+    finish_sweep(prog)
+
+
 def preflight(prog: str, config_dir: Path, config_name: str, argv: list[str]) -> None:
     """Check the command line before Hydra runs it; Hydra's own options (--help, --cfg, ...) are
     left to Hydra."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from msam.cli import fail, finish_sweep, guarded, preflight
+from msam.cli import fail, guarded, run_tool
 from msam.errors import ConfigError
 
 PROG = "msam-train"
@@ -47,10 +47,8 @@ def main() -> None:
     if not CONF_DIR.is_dir():
         fail(PROG, f"config tree not found at {CONF_DIR}; install msam with `pip install -e .`", 2)
     guarded(PROG, lambda: check_group_choices(sys.argv[1:]))
-    preflight(PROG, CONF_DIR, "train", sys.argv[1:])
     logging.getLogger("msam").setLevel(logging.INFO)
-    hydra_main()
-    finish_sweep(PROG)
+    run_tool(PROG, CONF_DIR, "train", hydra_main)
 
 
 if __name__ == "__main__":

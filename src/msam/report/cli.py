@@ -7,14 +7,13 @@ conf/report.yaml).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from msam.cli import finish_sweep, guarded, preflight
+from msam.cli import guarded, run_tool
 from msam.domains import Int, Text, check_domains
 from msam.errors import ConfigError
 from msam.report.collect import collect_runs
@@ -71,10 +70,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The contract of every msam tool (msam.cli): one line, exit 2 for bad input, 1 for a failure."""
-    preflight(PROG, CONF_DIR, "report", sys.argv[1:])
-    hydra_main()
-    finish_sweep(PROG)
+    run_tool(PROG, CONF_DIR, "report", hydra_main)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from msam import dist
-from msam.cli import finish_sweep, guarded, preflight
+from msam.cli import guarded, run_tool
 from msam.errors import ConfigError
 from msam.train import CONF_DIR
 
@@ -72,11 +71,8 @@ def measure_on_every_process(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """The contract of every msam tool (msam.cli): one line, exit 2 for bad input, 1 for a failure."""
-    preflight(PROG, CONF_DIR, "sharpness", sys.argv[1:])
     logging.getLogger("msam").setLevel(logging.INFO)
-    hydra_main()
-    finish_sweep(PROG)
+    run_tool(PROG, CONF_DIR, "sharpness", hydra_main)
 
 
 if __name__ == "__main__":
