@@ -21,6 +21,7 @@ BAD_INPUTS = {
     "bad switch fraction": (["switch=to_vanilla", "switch.fraction=1.5"],
                             "switch.fraction must be null or a finite number in (0, 1), got 1.5"),
     "nan learning rate": (["optim.lr=nan"], "optim.lr must be a finite number in (0, inf), got nan"),
+    "infinite rho": (["method.rho=inf"], "method.rho must be a finite number in [0, inf), got inf"),
     "an int torch cannot hold": (["method.eps=99999999999999999999"], "method.eps must be a finite number in (0, inf)"),
     "a dict where a number belongs": (["method=sam", "method.rho={a:1}"],
                                       "method.rho must be a finite number in [0, inf), got {'a': 1}"),
