@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from msam.data.bundle import DataBundle
+from msam.data.bundle import DataBundle, input_side  # noqa: F401 - input_side is msam.data's
 from msam.data.cifar import build_cifar, check_cifar
 from msam.data.digits import build_digits
 from msam.data.glue import TASKS as GLUE_TASKS
@@ -36,14 +36,6 @@ def check_data(cfg, smoke=None) -> None:
                           "model larger CIFAR images, set dataset.resize)")
     if cfg.name in CHECKERS and smoke is None:
         CHECKERS[cfg.name](cfg)
-
-
-def input_side(cfg) -> int:
-    """The side of the square images a model sees: ImageNet's crop, CIFAR's optional resize, or
-    the images' own."""
-    if cfg.name == "imagenet":
-        return cfg.image_size
-    return cfg.get("resize") or cfg.image_shape[-1]
 
 
 def build_data(cfg, batch_size: int, eval_batch_size: int, seed: int, device, smoke=None) -> DataBundle:

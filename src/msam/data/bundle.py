@@ -32,12 +32,22 @@ def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images - mean) / std
 
 
+def input_side(cfg) -> int:
+    """The side of the square images a model sees: ImageNet's crop, CIFAR's optional resize, or
+    the images' own."""
+    if cfg.name == "imagenet":
+        return cfg.image_size
+    return cfg.get("resize") or cfg.image_shape[-1]
+
+
 def tensor_bundle(cfg, train_x, train_y, test_x, test_y, batch_size, eval_batch_size, seed, device):
     """Normalise, move to the device and wrap tensors (N, C, H, W) in [0, 1] as a DataBundle."""
     train_x = normalise(train_x, cfg.mean, cfg.std).to(device)
     test_x = normalise(test_x, cfg.mean, cfg.std).to(device)
     augment = random_crop_flip(cfg.crop_padding, cfg.flip) if cfg.get("augment") else None
-    resize = cfg.get("resize")
+    # CIFAR's resize feeds the model larger images; ImageNet's (the smoke overlay's stand-in) is
+    # a resize before the centre crop, which the synthetic images already have the size of
+    resize = None if input_side(cfg) == train_x.shape[-1] else input_side(cfg)
     train = TensorLoader(train_x, train_y.to(device), batch_size, shuffle=True, drop_last=True,
                          seed=seed, augment=augment, resize=resize)
     test = TensorLoader(test_x, test_y.to(device), eval_batch_size, shuffle=False, drop_last=False, resize=resize)
