@@ -48,8 +48,8 @@ class MSAM:
                  adaptive: bool = False, eta: float = 0.01, eps: float = 1e-12,
                  reweighting: GibbsReweighting | None = None, descent_loss: str = "mean", impl: str = "loop",
                  chunk_size: int | None = None, autocast_dtype: torch.dtype | None = None,
-                 grad_scaler: torch.amp.GradScaler | None = None, tune_steps: int = 3,
-                 tune_max_seconds: float = 60.0) -> None:
+                 grad_scaler: torch.amp.GradScaler | None = None, tune_steps: int = 5,
+                 tune_max_seconds: float = 60.0, tune_keep_within: float = 1.3) -> None:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise UsageError("the model has no trainable parameters (requires_grad=True): nothing to compute a "
@@ -68,6 +68,8 @@ class MSAM:
             raise UsageError("grad_scaler goes with autocast_dtype=torch.float16")
         if not (isinstance(tune_steps, int) and tune_steps >= 1):
             raise UsageError(f"tune_steps must be an integer >= 1, got {tune_steps!r}")
+        if not tune_keep_within >= 1:
+            raise UsageError(f"tune_keep_within must be >= 1, got {tune_keep_within!r}")
         device = params[0].device
         self.model, self.m = model, m
         self.precision = Precision(device.type, autocast_dtype, grad_scaler)
@@ -80,6 +82,7 @@ class MSAM:
         self.options = dict(m=m, rho=rho, eps=eps, normalize=normalize, adaptive=adaptive, eta=eta)
         self.reweighting, self.descent_loss, self.impl = reweighting, descent_loss, impl
         self.tune_steps, self.tune_max_seconds, self.chunk_size = tune_steps, tune_max_seconds, chunk_size
+        self.tune_keep_within = tune_keep_within
         # torch.compile'd (torch.compile(model) or model.compile()): torch.func cannot swap its weights
         self.compiled = hasattr(model, "_orig_mod") or getattr(dist.unwrap(model), "_compiled_call_impl", None) is not None
         self.method = None if impl == "auto" else self._build(Choice(impl, chunk_size))
@@ -107,7 +110,8 @@ class MSAM:
         ctx = self.context()
         if self.method is None:  # impl="auto": measured once, on this first batch
             choice, self.method = choose(self._build, self.m, self.model, self.precision, checked, (inputs, targets),
-                                         steps=self.tune_steps, max_seconds=self.tune_max_seconds, ctx=ctx,
+                                         steps=self.tune_steps, max_seconds=self.tune_max_seconds,
+                                         keep_within=self.tune_keep_within, ctx=ctx,
                                          compiled=self.compiled, reweighting=self.reweighting is not None,
                                          chunk_size=self.chunk_size)
             self.implementation = choice.label

@@ -64,12 +64,12 @@ def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | N
     return methods
 
 
-def auto_choice(model, m: int, rho: float, batch, device, steps: int) -> TunedImpl:
+def auto_choice(model, m: int, rho: float, batch, device, cfg: DictConfig) -> TunedImpl:
     """What method.impl=auto picks for this model, batch and device (the engine's own tuning)."""
     config = method_config("msam", rho, m=m)
     choice, _ = choose(lambda c: build_method(config, model=model, choice=c), m, model, Precision(device.type),
-                       per_sample_cross_entropy(0.0), batch, steps=steps, max_seconds=600,
-                       ctx=DistContext(device=device))
+                       per_sample_cross_entropy(0.0), batch, steps=cfg.tune_steps, max_seconds=cfg.tune_max_seconds,
+                       keep_within=cfg.tune_keep_within, ctx=DistContext(device=device))
     return choice
 
 
@@ -102,7 +102,8 @@ def bench_domains() -> dict[str, dict]:
     models = tuple(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
     return {"": {"name": Text(), "out": Text(), "models": ListOf(Choice(models), min_length=1),
                  "batch_sizes": ListOf(Int(1), min_length=1), "ms": ListOf(Int(1), min_length=1),
-                 "impls": ListOf(Choice(IMPLS)), "tune_steps": Int(1), "baselines": ListOf(Choice(BASELINES)),
+                 "impls": ListOf(Choice(IMPLS)), "tune_steps": Int(1), "tune_max_seconds": Number(0, open_low=True),
+                 "tune_keep_within": Number(1), "baselines": ListOf(Choice(BASELINES)),
                  "repeats": Int(1), "warmup": Int(0), "rho": Number(0), "num_classes": Int(2), "image_size": Int(1),
                  "device": Text(), "seed": Int(0, SEED_MAX)},
             "cpu_allocator": {"tune": Bool(), "mmap_threshold": Int(0), "trim_threshold": Int(0)}}
@@ -136,7 +137,7 @@ def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
             for m in cfg.ms:
                 if batch_size % m:
                     continue
-                chosen = auto_choice(model, m, cfg.rho, batch, device, cfg.tune_steps) if (
+                chosen = auto_choice(model, m, cfg.rho, batch, device, cfg) if (
                     "auto" in cfg.impls and m > 1) else None
                 timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls, cfg.baselines, chosen), batch, device,
                                    cfg.repeats, cfg.warmup, compiled)

@@ -182,7 +182,7 @@ def domains() -> dict[str, dict]:
              "checkpoint_every_steps": Int(0), "nonfinite": Choice(MODES), "nonfinite_check_every": Int(1),
              "log_every_steps": Int(0), "preemption_check_every": Int(1)},
         "fp16_scaler": {"init_scale": Number(0, open_low=True), "growth_interval": Int(1)},
-        "impl_tuning": {"steps": Int(1), "max_seconds": Number(0, open_low=True)},
+        "impl_tuning": {"steps": Int(1), "max_seconds": Number(0, open_low=True), "keep_within": Number(1)},
         "compile": {"enabled": Bool(), "backend": Text(),
                     "mode": Choice((None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
                     "dynamic": Optional(Bool())},

@@ -51,6 +51,7 @@ class MethodSchedule:
             choice, _ = choose(lambda c: build_method(method_cfg, self.processes, model, self.precision, c),
                                method_cfg.m // self.processes, model, self.precision, loss_fn, (inputs, targets),
                                steps=self.cfg.impl_tuning.steps, max_seconds=self.cfg.impl_tuning.max_seconds,
+                               keep_within=self.cfg.impl_tuning.keep_within,
                                ctx=ctx, compiled=self.cfg.compile.enabled, reweighting=method_cfg.name == "rwsam",
                                chunk_size=method_cfg.get("chunk_size"))
         self.ran[key] = choice.label

@@ -15,7 +15,7 @@ keeps the choice in the checkpoint: a resumed run does not tune again.
 from __future__ import annotations
 
 import logging
-import statistics
+import math
 import time
 from dataclasses import dataclass
 
@@ -72,9 +72,16 @@ def candidates(m: int, model, precision, *, dict_inputs: bool = False, compiled:
 
 
 def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, max_seconds: float,
-         ctx: dist.DistContext) -> tuple[Choice, dict[str, float]]:
-    """The fastest of `methods` (median ms per step over `steps` rounds after one warm-up round,
-    interleaved, stopping early after max_seconds), and the table of medians."""
+         keep_within: float, ctx: dist.DistContext) -> tuple[Choice, dict[str, float]]:
+    """The fastest of `methods` and the table of their best times (ms per step).
+
+    One untimed warm-up round, then up to `steps` timed rounds, the candidates interleaved within
+    each. A candidate's time is its fastest round: on a shared machine a step is only ever slowed
+    down by other work, never sped up, so the minimum is the estimate least moved by that noise.
+    After each round a candidate whose best is more than `keep_within` times the leader's is
+    dropped, so the remaining rounds go to the close ones (and a clearly slower vmap costs one
+    round, not all of them). Tuning stops after `max_seconds`. Each round's times are max-reduced
+    over the processes before any decision, so every process keeps and drops the same candidates."""
     if len(methods) == 1:
         return next(iter(methods)), {}
     network = dist.unwrap(model)
@@ -84,30 +91,44 @@ def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, ma
     saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
     device = params[0].device
     saved_rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    times: dict[Choice, list[float]] = {choice: [] for choice in methods}
+    order = list(methods)
+    best = {choice: math.inf for choice in order}
     failed: dict[Choice, str] = {}
+    dropped: dict[Choice, str] = {}
     start = time.perf_counter()
     try:
         for round_ in range(steps + 1):
-            for choice, method in methods.items():
-                if choice in failed:
+            elapsed = torch.zeros(len(order), dtype=torch.float64, device=ctx.device)
+            for i, choice in enumerate(order):
+                if choice in failed or choice in dropped:
                     continue
                 before = timing.now(device)
                 error = None
                 try:
-                    method(model, loss_fn, batch)
+                    methods[choice](model, loss_fn, batch)
                 except (RuntimeError, NotImplementedError) as caught:  # out of memory, an op vmap lacks
                     if choice.impl == "loop":
                         raise  # the reference implementation: the run could not train at all
                     error = f"{type(caught).__name__}: {str(caught).splitlines()[0][:200]}"
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
-                elapsed_ms = 1000 * (timing.now(device) - before)
+                elapsed[i] = 1000 * (timing.now(device) - before)
                 if dist.any_flag(error is not None, ctx):  # dropped on every process, or on none
                     failed[choice] = error or "failed on another process"
-                elif round_ > 0:
-                    times[choice].append(elapsed_ms)
-            if round_ > 0 and dist.any_flag(time.perf_counter() - start > max_seconds, ctx):
+            if round_ == 0:
+                continue  # warm-up: allocations, kernel selection, caches
+            dist.all_reduce_([elapsed], ctx, torch.distributed.ReduceOp.MAX)  # the slowest process counts
+            live = [c for c in order if c not in failed and c not in dropped]
+            for i, choice in enumerate(order):
+                if choice in live:
+                    best[choice] = min(best[choice], elapsed[i].item())
+            leader = min(best[c] for c in live)
+            for choice in live:
+                if best[choice] > keep_within * leader:
+                    dropped[choice] = f"{best[choice] / leader:.2f}x the fastest after {round_} round(s)"
+            if sum(c not in dropped for c in live) <= 1:
+                break
+            if dist.any_flag(time.perf_counter() - start > max_seconds, ctx):
                 break
     finally:
         with torch.no_grad():
@@ -119,25 +140,25 @@ def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, ma
             torch.cuda.set_rng_state_all(saved_rng[1])
     for choice, reason in failed.items():
         log.warning(f"impl=auto: {choice.label} cannot run this configuration ({reason}); not a candidate")
-    methods = {choice: method for choice, method in methods.items() if choice not in failed}
-    medians = torch.tensor([statistics.median(times[c]) for c in methods], dtype=torch.float64, device=ctx.device)
-    dist.all_reduce_([medians], ctx, torch.distributed.ReduceOp.MAX)  # one choice for all processes
-    table = {choice.label: ms for choice, ms in zip(methods, medians.tolist())}
-    best = list(methods)[int(medians.argmin())]
-    log.info("impl=auto: " + ", ".join(f"{label} {ms:.1f} ms" for label, ms in table.items())
-             + f" per step -> {best.label}")
-    return best, table
+    timed = [c for c in order if c not in failed]
+    table = {choice.label: best[choice] for choice in timed}
+    chosen = min((c for c in timed if c not in dropped), key=lambda c: best[c])
+    log.info("impl=auto: " + ", ".join(f"{choice.label} {best[choice]:.1f} ms" + (" (dropped)" if choice in dropped
+                                                                                   else "") for choice in timed)
+             + f" per step (best round) -> {chosen.label}")
+    return chosen, table
 
 
 def choose(build, m: int, model, precision, loss_fn, batch, *, steps: int, max_seconds: float,
-           ctx: dist.DistContext, compiled: bool = False, reweighting: bool = False,
+           keep_within: float, ctx: dist.DistContext, compiled: bool = False, reweighting: bool = False,
            chunk_size: int | None = None) -> tuple[Choice, object]:
     """impl=auto in one call: the candidates for this configuration, each built by build(choice),
     tuned on `batch`; returns the choice and its method."""
     options = candidates(m, dist.unwrap(model), precision, dict_inputs=isinstance(batch[0], dict),
                          compiled=compiled, reweighting=reweighting, chunk_size=chunk_size)
     methods = {choice: build(choice) for choice in options}
-    choice, _ = tune(methods, model, loss_fn, batch, steps=steps, max_seconds=max_seconds, ctx=ctx)
+    choice, _ = tune(methods, model, loss_fn, batch, steps=steps, max_seconds=max_seconds,
+                     keep_within=keep_within, ctx=ctx)
     if len(options) == 1:
         log.info(f"impl=auto: {choice.label} (the only implementation for this configuration)")
     return choice, methods[choice]
