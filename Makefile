@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/msam-train -m method=vanilla,sam,asam,rwsam,msam seed=0,1,2 paths.runs=$(DEMO_RUNS) log_every_steps=0
 	$(BIN)/msam-sharpness runs=$(DEMO_RUNS) max_iter=20 tol=1e-3 trace_probes=20
-	$(BIN)/msam-report tables=[tab2,tab4,tab5] runs=$(DEMO_RUNS) out=$(DEMO_RUNS)/report
+	$(BIN)/msam-report tables=[tab2,tab4,tab5,curves] runs=$(DEMO_RUNS) out=$(DEMO_RUNS)/report
 
 test: install
 	$(BIN)/python -m pytest -q

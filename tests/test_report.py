@@ -182,3 +182,41 @@ def test_switching_figure_groups_hybrid_runs_by_order_and_percent(fixture_runs, 
     assert any("reference: msam (m=32) throughout: 83.25" in note for note in report.notes)
     # and the hybrid runs stay out of Table 2
     assert accuracy_table(runs).numbers["n"].sum() == 4
+
+
+def write_curve(run_dir, epochs_values):
+    lines = [json.dumps({"epoch": e, "test_acc": acc, "train_loss": loss, "seconds": 0.1})
+             for e, (acc, loss) in enumerate(epochs_values, start=1)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_learning_curves_average_each_epoch_over_seeds_and_draw_a_band(tmp_path):
+    from msam.report.tables import learning_curves
+
+    root = tmp_path / "runs"
+    s0 = fixture_run(root, "msam_s0", method="msam", m=32, seed=0, acc=80.0, seconds=1.0)
+    s1 = fixture_run(root, "msam_s1", method="msam", m=32, seed=1, acc=82.0, seconds=1.0)
+    sam = fixture_run(root, "sam_s0", method="sam", m=1, seed=0, acc=70.0, seconds=1.0)
+    no_curve = fixture_run(root, "sam_s1", method="sam", m=1, seed=1, acc=71.0, seconds=1.0)
+    for run_dir, values in ((s0, [(10.0, 2.0), (50.0, 1.0), (80.0, 0.5), (80.0, 0.25)]),
+                            (s1, [(20.0, 4.0), (60.0, 3.0), (70.0, 1.5), (82.0, 0.75)]),
+                            (sam, [(5.0, 2.0), (30.0, 1.0), (60.0, 0.5), (70.0, 0.2)])):
+        write_curve(run_dir, values)
+    for summary in root.glob("*/summary.json"):  # 4 epochs, so the quarter points are epochs 1..4
+        data = json.loads(summary.read_text())
+        summary.write_text(json.dumps({**data, "epochs": 4, "epochs_completed": 4}))
+    runs, _ = collect_runs(root)
+    report = learning_curves(runs)
+    msam = report.numbers[report.numbers["method"] == "msam"].sort_values("epoch")
+    assert msam["test_acc_mean"].tolist() == [15.0, 55.0, 75.0, 81.0]
+    assert msam["train_loss_mean"].tolist() == [3.0, 2.0, 1.0, 0.5]
+    assert msam["test_acc_std"].iloc[0] == pytest.approx(7.0710678, rel=1e-6)  # sample std of 10, 20
+    assert msam["n"].tolist() == [2, 2, 2, 2]
+    sam_rows = report.numbers[report.numbers["method"] == "sam"]
+    assert sam_rows["n"].tolist() == [1, 1, 1, 1] and sam_rows["test_acc_std"].tolist() == [0.0] * 4
+    shown = report.display.set_index("configuration")
+    assert shown.loc["msam m=32 ρ=0.2", "acc @ ep 2"] == "55.00 ± 7.07"
+    assert shown.loc["msam m=32 ρ=0.2", "train loss"] == "0.5000 ± 0.3536"
+    assert list(shown.index) == ["sam m=1 ρ=0.2", "msam m=32 ρ=0.2"]  # the methods' usual order
+    assert any("sam_s1" in note and "metrics.jsonl" in note for note in report.notes)
+    assert report.figure is not None and len(report.figure.axes) == 2

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from msam.report.collect import GROUP_KEYS, implementations, mean_std, single_method
+from msam.report.curves import curve_numbers, curves_figure, epoch_rows
 from msam.report.figures import accuracy_vs_m_figure, switching_figure
 from msam.report.paper import load_paper, missing_rows, with_paper
 
@@ -183,5 +184,37 @@ def switching(runs: pd.DataFrame) -> Report:
     return Report("figB1", "Figure B.1: switching between mSAM and vanilla", hybrid, display, notes, figure)
 
 
+CURVE_POINTS = (0.25, 0.5, 0.75, 1.0)  # the display's epochs, as fractions of the run
+
+
+def learning_curves(runs: pd.DataFrame) -> Report:
+    """Learning curves: test accuracy and training loss against the epoch for every configuration
+    (mean, band of ± one std over seeds). The CSV holds every epoch; the display the quarter points."""
+    per_epoch, notes = epoch_rows(runs)
+    numbers = curve_numbers(per_epoch) if len(per_epoch) else pd.DataFrame(columns=[*GROUP_KEYS, "epoch", "label"])
+    rows = []
+    order = numbers["method"].map(lambda m: METHOD_ORDER.get(m, 9)) if len(numbers) else []
+    for _, line in numbers.assign(_order=order).sort_values(["_order", "m", "rho", "epoch"], kind="stable").groupby(
+            [*GROUP_KEYS], sort=False, dropna=False):
+        first = line.iloc[0]
+        shown = {"configuration": first["label"], "dataset": first["dataset"], "model": first["model"],
+                 "n": int(line["n"].max())}
+        for point in CURVE_POINTS:
+            epoch = max(1, round(point * int(first["epochs"])))
+            at = line[line["epoch"] == epoch]
+            shown[f"acc @ ep {epoch}"] = fmt(at["test_acc_mean"].iloc[0], at["test_acc_std"].iloc[0]) if len(at) else "—"
+        last = line[line["epoch"] == line["epoch"].max()].iloc[0]
+        shown["train loss"] = fmt(last["train_loss_mean"], last["train_loss_std"], 4)
+        rows.append(shown)
+    display = pd.DataFrame(rows)
+    if len(display):
+        display = display.sort_values(["dataset", "model"], kind="stable")
+    return Report("curves", "Learning curves: test accuracy (%) at epoch e and the last epoch's training loss, "
+                  "mean ± std over seeds", numbers,
+                  display, notes + ["every epoch of every configuration is in curves.csv"],
+                  curves_figure(numbers) if len(numbers) else None)
+
+
 REPORTS = {"tab2": accuracy_table, "tab4": sharpness_table, "tab5": runtime_table, "fig1": accuracy_vs_m,
-           "figB1": switching, "rwsam": rwsam_table, "tab3": glue_table}
+           "figB1": switching, "rwsam": rwsam_table, "tab3": glue_table,
+           "curves": learning_curves}
