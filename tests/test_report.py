@@ -177,8 +177,8 @@ def test_switching_figure_groups_hybrid_runs_by_order_and_percent(fixture_runs, 
     runs = collect_runs(fixture_runs)[0]
     report = switching(runs)
     row = report.numbers.iloc[0]
-    assert (row["order"], row["switch_percent"], row["n"]) == ("msam → vanilla", 20.0, 2)
-    assert row["mean"] == pytest.approx(82.2) and report.figure is not None
+    assert (row["label"], row["switch_percent"], row["test_acc_n"]) == ("msam → vanilla", 20.0, 2)
+    assert row["test_acc_mean"] == pytest.approx(82.2) and report.figure is not None
     assert any("reference: msam (m=32) throughout: 83.25" in note for note in report.notes)
     # and the hybrid runs stay out of Table 2
     assert accuracy_table(runs).numbers["n"].sum() == 4

@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "epochs", "epochs_completed", "test_acc", "test_mcc", "test_f1",
            "best_test_acc", "seconds_per_epoch", "train_seconds", "seed_group", "lambda_max", "trace",
-           "switch_to", "switch_fraction", "impl", "run_dir"]
+           "switch_to", "switch_fraction", "impl", "rw_lambda", "norm_scale", "run_dir"]
 
 
 def read_json(path: Path) -> dict:
@@ -23,6 +24,18 @@ def read_json(path: Path) -> dict:
         raise ValueError(f"unreadable {path.name} ({error.__class__.__name__})") from None
 
 
+def rwsam_settings(config_path: Path) -> dict:
+    """RW-SAM's temperature and its scaling (None for other methods): what tells RW-SAM runs of
+    one rho apart in a report."""
+    try:
+        method = (yaml.safe_load(config_path.read_text()) or {}).get("method") or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"unreadable config.yaml ({error.__class__.__name__})") from None
+    if method.get("name") != "rwsam":
+        return {"rw_lambda": None, "norm_scale": None}
+    return {"rw_lambda": float(method["lambda"]), "norm_scale": method["norm_scale"]}
+
+
 def read_run(run_dir: Path) -> dict:
     summary = read_json(run_dir / "summary.json")
     if summary.get("status") != "finished":
@@ -30,6 +43,7 @@ def read_run(run_dir: Path) -> dict:
     if not (run_dir / "config.yaml").is_file():
         raise ValueError("config.yaml missing")
     row = {key: summary.get(key) for key in COLUMNS}
+    row.update(rwsam_settings(run_dir / "config.yaml"))
     row["train_seconds"] = summary["seconds_per_epoch"] * summary["epochs_completed"]
     row["impl"] = (summary.get("derived") or {}).get("method.impl")  # mSAM/RW-SAM: the implementation that ran
     row["run_dir"] = str(run_dir)
@@ -56,7 +70,8 @@ def single_method(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["switch_to"].isna()]
 
 
-GROUP_KEYS = ["dataset", "model", "method", "m", "rho", "epochs", "switch_to", "switch_fraction", "seed_group"]
+GROUP_KEYS = ["dataset", "model", "method", "m", "rho", "epochs", "switch_to", "switch_fraction", "rw_lambda",
+              "norm_scale", "seed_group"]
 
 
 def implementations(runs: pd.DataFrame) -> pd.DataFrame:
@@ -71,5 +86,19 @@ def mean_std(runs: pd.DataFrame, value: str) -> pd.DataFrame:
     table = (present.groupby(GROUP_KEYS, sort=False, dropna=False)[value]
              .agg(mean="mean", std="std", n="size").reset_index())
     table["std"] = table["std"].fillna(0.0)
+    return table
+
+
+MEASURES = ("test_acc", "lambda_max", "trace")  # what the figures plot against an axis
+
+
+def measures(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: mean, std and n of test accuracy, lambda_max and the trace
+    (columns <value>_mean, <value>_std, <value>_n; NaN where a value was never measured)."""
+    table = None
+    for value in MEASURES:
+        part = mean_std(runs, value).rename(columns={"mean": f"{value}_mean", "std": f"{value}_std",
+                                                     "n": f"{value}_n"})
+        table = part if table is None else table.merge(part, on=GROUP_KEYS, how="outer")
     return table
 

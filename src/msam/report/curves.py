@@ -12,16 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from msam.report.collect import GROUP_KEYS  # noqa: E402
+from msam.report.collect import GROUP_KEYS
 
 CURVE_VALUES = ("test_acc", "train_loss")
-CURVE_LABELS = {"test_acc": "test accuracy (%)", "train_loss": "training loss"}
 
 
 def epoch_rows(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -43,6 +38,8 @@ def epoch_rows(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def label_of(row) -> str:
     label = f"{row.method} m={int(row.m)} ρ={row.rho:g}"
+    if isinstance(row.norm_scale, str):
+        label += f" λ={row.rw_lambda:g} ({row.norm_scale})"
     if isinstance(row.switch_to, str):
         label += f" → {row.switch_to} at {100 * row.switch_fraction:g}%"
     return label
@@ -57,24 +54,3 @@ def curve_numbers(per_epoch: pd.DataFrame) -> pd.DataFrame:
     table["n"] = grouped.size()
     table = table.reset_index()
     return table.assign(label=[label_of(r) for r in table.itertuples()])
-
-
-def curves_figure(numbers: pd.DataFrame):
-    """Rows: (dataset, model); columns: test accuracy, training loss (log scale)."""
-    panels = list(numbers.groupby(["dataset", "model"], sort=True))
-    figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
-    for row_axes, ((dataset, model), rows) in zip(axes, panels):
-        for axis, value in zip(row_axes, CURVE_VALUES):
-            for label, line in rows.groupby("label", sort=True):
-                mean, std = line[f"{value}_mean"], line[f"{value}_std"]
-                axis.plot(line["epoch"], mean, label=label, linewidth=1.2)
-                axis.fill_between(line["epoch"], mean - std, mean + std, alpha=0.2)
-            if value == "train_loss":
-                axis.set_yscale("log")
-            axis.set_xlabel("epoch")
-            axis.set_ylabel(CURVE_LABELS[value])
-            axis.set_title(f"{dataset} / {model}")
-            axis.grid(alpha=0.3)
-        row_axes[0].legend(fontsize=7)
-    figure.tight_layout()
-    return figure

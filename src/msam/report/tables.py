@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from msam.report.collect import GROUP_KEYS, implementations, mean_std, single_method
-from msam.report.curves import curve_numbers, curves_figure, epoch_rows
-from msam.report.figures import accuracy_vs_m_figure, switching_figure
+from msam.report.collect import GROUP_KEYS, MEASURES, implementations, mean_std, measures, single_method
+from msam.report.curves import CURVE_VALUES, curve_numbers, epoch_rows
+from msam.report.figures import against_figure, curves_figure
 from msam.report.paper import load_paper, missing_rows, with_paper
 
 METHOD_ORDER = {"vanilla": 0, "sam": 1, "asam": 2, "rwsam": 3, "msam": 4}
@@ -149,39 +149,79 @@ def runtime_table(runs: pd.DataFrame) -> Report:
                   display, notes + missing_rows(numbers, paper))
 
 
+def measure_columns(numbers: pd.DataFrame) -> dict:
+    """The display columns of test accuracy, lambda_max and the trace (mean ± std) and n."""
+    return {
+        "test acc (%)": [fmt(r.test_acc_mean, r.test_acc_std) for r in numbers.itertuples()],
+        "λ_max": [fmt(r.lambda_max_mean, r.lambda_max_std, 3) for r in numbers.itertuples()],
+        "trace": [fmt(r.trace_mean, r.trace_std, 1) for r in numbers.itertuples()],
+        "n": numbers["test_acc_n"].fillna(0).astype(int),
+    }
+
+
 def accuracy_vs_m(runs: pd.DataFrame) -> Report:
-    """Figure 1: mSAM's test accuracy against m (SAM plotted as m = 1), mean ± std over seeds."""
-    subset = single_method(runs)[lambda r: r["method"].isin(["sam", "msam"])]
-    numbers = mean_std(subset, "test_acc").sort_values(["dataset", "model", "m"])
-    display = setting_columns(numbers).assign(**{
-        "test acc (%)": [fmt(r.mean, r.std) for r in numbers.itertuples()],
-        "n": numbers["n"].astype(int),
-    })
+    """Figure 1: mSAM's test accuracy, and lambda_max and the trace where measured, against m, one
+    line per rho (SAM is m = 1); vanilla on the same data set and model as a dashed line."""
+    single = single_method(runs)
+    lines = measures(single[single["method"].isin(["sam", "msam"])]).sort_values(["dataset", "model", "rho", "m"])
+    lines = lines.assign(label=[f"ρ={rho:g}" for rho in lines["rho"]])
+    vanilla = measures(single[single["method"] == "vanilla"]).assign(label="vanilla")
+    vanilla = vanilla[[pair in set(zip(lines["dataset"], lines["model"])) for pair in zip(vanilla["dataset"],
+                                                                                           vanilla["model"])]]
+    numbers = pd.concat([vanilla, lines], ignore_index=True)
+    display = setting_columns(numbers).assign(**measure_columns(numbers))
     notes = ["paper: Figure 1's points are not in our copy of the paper; the figure shows your runs"]
-    return Report("fig1", "Figure 1: test accuracy against m (m = 1 is SAM)", numbers, display, notes,
-                  accuracy_vs_m_figure(numbers) if len(numbers) else None)
+    figure = (against_figure(lines, x="m", xlabel="m (micro-batches per mini-batch)", values=MEASURES,
+                             reference=vanilla, log2_x=True) if len(lines) else None)
+    return Report("fig1", "Figure 1: test accuracy, λ_max and trace against m (m = 1 is SAM), mean ± std over seeds",
+                  numbers, display, notes, figure)
 
 
 def switching(runs: pd.DataFrame) -> Report:
-    """Figure B.1: accuracy of hybrid runs against the switch percent, both directions, with the
-    single-method runs of the same data set and model as reference lines."""
-    hybrid = mean_std(runs[runs["switch_to"].notna()], "test_acc")
-    hybrid = hybrid.assign(order=hybrid["method"] + " → " + hybrid["switch_to"],
+    """Figure B.1: accuracy (and sharpness where measured) of hybrid runs against the switch
+    percent, both directions, with the single-method runs of the same data set and model as
+    reference lines (a switch at 0% or 100% is one of them)."""
+    hybrid = measures(runs[runs["switch_to"].notna()])
+    hybrid = hybrid.assign(label=hybrid["method"] + " → " + hybrid["switch_to"],
                            switch_percent=100 * hybrid["switch_fraction"])
-    hybrid = hybrid.sort_values(["dataset", "model", "order", "switch_percent"])
+    hybrid = hybrid.sort_values(["dataset", "model", "label", "switch_percent"])
     ran = set(zip(hybrid["dataset"], hybrid["model"]))
-    single = ordered(mean_std(single_method(runs), "test_acc"))
+    single = ordered(measures(single_method(runs)))
     reference = single[[pair in ran for pair in zip(single["dataset"], single["model"])]]
-    display = hybrid[["dataset", "model", "order"]].assign(**{
-        "switch %": [f"{p:g}" for p in hybrid["switch_percent"]],
-        "test acc (%)": [fmt(r.mean, r.std) for r in hybrid.itertuples()],
-        "n": hybrid["n"].astype(int),
-    })
-    notes = [f"reference: {r.method} (m={r.m}) throughout: {fmt(r.mean, r.std)} (n={r.n})"
-             for r in reference.itertuples()]
+    reference = reference.assign(label=[f"{r.method} (m={r.m}) throughout" for r in reference.itertuples()])
+    display = hybrid[["dataset", "model", "label"]].rename(columns={"label": "order"}).assign(**{
+        "switch %": [f"{p:g}" for p in hybrid["switch_percent"]], **measure_columns(hybrid)})
+    notes = [f"reference: {r.label}: {fmt(r.test_acc_mean, r.test_acc_std)} (n={r.test_acc_n}), "
+             f"λ_max {fmt(r.lambda_max_mean, r.lambda_max_std, 3)}" for r in reference.itertuples()]
     notes.append("paper: Figure B.1's points are not in our copy of the paper; the figure shows your runs")
-    figure = switching_figure(hybrid, reference) if len(hybrid) else None
+    figure = (against_figure(hybrid, x="switch_percent", xlabel="switch percent (% of epochs with the first method)",
+                             values=MEASURES, reference=reference) if len(hybrid) else None)
     return Report("figB1", "Figure B.1: switching between mSAM and vanilla", hybrid, display, notes, figure)
+
+
+def temperature(runs: pd.DataFrame) -> Report:
+    """RW-SAM against its inverse temperature lambda: test accuracy, lambda_max and the trace, one
+    line per norm_scale (and rho, m); the other single-method runs of the same data set and model
+    (vanilla, SAM, mSAM) as dashed reference lines."""
+    single = single_method(runs)
+    rw = measures(single[single["method"] == "rwsam"]).sort_values(["dataset", "model", "norm_scale", "rho", "m",
+                                                                     "rw_lambda"])
+    rw = rw.assign(label=[f"RW-SAM {r.norm_scale}, ρ={r.rho:g}" + (f", m={r.m}" if r.m > 1 else "")
+                          for r in rw.itertuples()])
+    ran = set(zip(rw["dataset"], rw["model"]))
+    reference = ordered(measures(single[single["method"] != "rwsam"]))
+    reference = reference[[pair in ran for pair in zip(reference["dataset"], reference["model"])]]
+    reference = reference.assign(label=[f"{r.method} m={r.m} ρ={r.rho:g}" for r in reference.itertuples()])
+    numbers = pd.concat([reference, rw], ignore_index=True)
+    display = setting_columns(numbers).assign(**{
+        "λ": [fmt(x, None, 1) if x == x else "—" for x in numbers["rw_lambda"]],
+        "norm_scale": numbers["norm_scale"].fillna("—"), **measure_columns(numbers)})
+    notes = ["lambda = 0 gives every sample the same weight: SAM, under either norm_scale",
+             "the RW-SAM poster gives no sharpness numbers; its claim is that reweighting moves SAM toward mSAM"]
+    figure = (against_figure(rw, x="rw_lambda", xlabel="λ (inverse temperature of the sample weights)",
+                             values=MEASURES, reference=reference) if len(rw) else None)
+    return Report("temperature", "RW-SAM against its temperature λ: test accuracy, λ_max and trace, mean ± std "
+                  "over seeds", numbers, display, notes, figure)
 
 
 CURVE_POINTS = (0.25, 0.5, 0.75, 1.0)  # the display's epochs, as fractions of the run
@@ -212,9 +252,9 @@ def learning_curves(runs: pd.DataFrame) -> Report:
     return Report("curves", "Learning curves: test accuracy (%) at epoch e and the last epoch's training loss, "
                   "mean ± std over seeds", numbers,
                   display, notes + ["every epoch of every configuration is in curves.csv"],
-                  curves_figure(numbers) if len(numbers) else None)
+                  curves_figure(numbers, CURVE_VALUES) if len(numbers) else None)
 
 
 REPORTS = {"tab2": accuracy_table, "tab4": sharpness_table, "tab5": runtime_table, "fig1": accuracy_vs_m,
            "figB1": switching, "rwsam": rwsam_table, "tab3": glue_table,
-           "curves": learning_curves}
+           "curves": learning_curves, "temperature": temperature}
