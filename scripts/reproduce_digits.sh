@@ -21,6 +21,7 @@ RUNS=${1:-runs/digits}
 OUT=${2:-results/digits}
 BIN=${MSAM_BIN:-$(dirname "$0")/../.venv/bin}
 START=$(date +%s)
+COMMIT=$(git -C "$(dirname "$0")" describe --always --dirty 2>/dev/null || echo unknown)  # the code that ran
 count_runs() { find "$RUNS" -name summary.json 2>/dev/null | wc -l; }
 RUNS_BEFORE=$(count_runs)
 
@@ -77,5 +78,5 @@ measures only the runs without sharpness.json, so a rerun's time is mostly the r
 EOF
 fi
 COMMAND="scripts/reproduce_digits.sh$([[ $SMOKE == 1 ]] && echo " --smoke") $RUNS $OUT"
-echo "| $(date -u +"%Y-%m-%d %H:%M") | \`$COMMAND\` | ${SECONDS_TAKEN} s ($(( SECONDS_TAKEN / 60 )) min $(( SECONDS_TAKEN % 60 )) s) | $(( $(count_runs) - RUNS_BEFORE )) | $(uname -n), $(nproc) | $(git -C "$(dirname "$0")" describe --always --dirty 2>/dev/null || echo unknown) |" >> "$LOG"
+echo "| $(date -u +"%Y-%m-%d %H:%M") | \`$COMMAND\` | ${SECONDS_TAKEN} s ($(( SECONDS_TAKEN / 60 )) min $(( SECONDS_TAKEN % 60 )) s) | $(( $(count_runs) - RUNS_BEFORE )) | $(uname -n), $(nproc) | $COMMIT |" >> "$LOG"
 echo "reproduce_digits: done in ${SECONDS_TAKEN} s; reports in $OUT (times in $LOG)"
