@@ -220,3 +220,48 @@ def test_learning_curves_average_each_epoch_over_seeds_and_draw_a_band(tmp_path)
     assert list(shown.index) == ["sam m=1 ρ=0.2", "msam m=32 ρ=0.2"]  # the methods' usual order
     assert any("sam_s1" in note and "metrics.jsonl" in note for note in report.notes)
     assert report.figure is not None and len(report.figure.axes) == 2
+
+
+def test_accuracy_vs_m_plots_sharpness_too_one_line_per_rho_with_vanilla_as_reference(fixture_runs):
+    fixture_run(fixture_runs, "vanilla_s0", method="vanilla", m=1, seed=0, acc=80.0, seconds=8.0, lambda_max=9.0)
+    fixture_run(fixture_runs, "vanilla_other_model", method="vanilla", m=1, seed=0, acc=70.0, seconds=8.0,
+                model="wrn28_10")  # a setting with no mSAM runs draws no reference
+    report = accuracy_vs_m(collect_runs(fixture_runs)[0])
+    rows = report.numbers.set_index(["method", "m"])
+    assert rows.loc[("msam", 32), "lambda_max_mean"] == pytest.approx(3.0)  # seeds 2.0 and 4.0
+    assert rows.loc[("msam", 32), "trace_mean"] == pytest.approx(30.0)
+    assert rows.loc[("msam", 16), "lambda_max_n"] != rows.loc[("msam", 16), "lambda_max_n"]  # never measured: NaN
+    assert list(report.numbers["label"]) == ["vanilla", "ρ=0.2", "ρ=0.2", "ρ=0.2"]
+    assert list(report.numbers["model"]) == ["resnet50"] * 4
+    assert list(report.display["λ_max"]) == ["9.000 ± 0.000", "5.000 ± 0.000", "—", "3.000 ± 1.414"]
+    panels = [axis.get_ylabel() for axis in report.figure.axes]
+    assert panels == ["test accuracy (%)", "λ_max (top Hessian eigenvalue)", "Hessian trace"]
+    assert [line.get_ydata()[0] for line in report.figure.axes[1].get_lines() if line.get_linestyle() == "--"] == [9.0]
+
+
+def rwsam_run(root, name, *, lam, scale, seed, acc, lambda_max):
+    run_dir = fixture_run(root, name, method="rwsam", m=1, seed=seed, acc=acc, seconds=1.0, lambda_max=lambda_max)
+    (run_dir / "config.yaml").write_text(f"method:\n  name: rwsam\n  lambda: {lam}\n  norm_scale: {scale}\n")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "rho": 0.05, "seed_group": f"rw{lam}{scale}"}))
+    return run_dir
+
+
+def test_temperature_report_keeps_each_lambda_and_norm_scale_apart(tmp_path):
+    from msam.report.tables import learning_curves, temperature
+
+    root = tmp_path / "runs"
+    rwsam_run(root, "rw0_s0", lam=0, scale="relative", seed=0, acc=80.0, lambda_max=6.0)
+    rwsam_run(root, "rw0_s1", lam=0, scale="relative", seed=1, acc=82.0, lambda_max=8.0)
+    rwsam_run(root, "rw2", lam=2, scale="relative", seed=0, acc=84.0, lambda_max=4.0)
+    rwsam_run(root, "rw2_abs", lam=2, scale="absolute", seed=0, acc=85.0, lambda_max=3.0)
+    fixture_run(root, "msam", method="msam", m=8, seed=0, acc=86.0, seconds=1.0, lambda_max=2.0)
+    report = temperature(collect_runs(root)[0])
+    rw = report.numbers[report.numbers["method"] == "rwsam"]
+    assert list(zip(rw["norm_scale"], rw["rw_lambda"])) == [("absolute", 2.0), ("relative", 0.0), ("relative", 2.0)]
+    assert list(rw["test_acc_mean"]) == [85.0, 81.0, 84.0] and list(rw["lambda_max_mean"]) == [3.0, 7.0, 4.0]
+    assert list(report.display["λ"]) == ["—", "2.0", "0.0", "2.0"]  # the mSAM reference has no lambda
+    assert {line.get_label() for line in report.figure.axes[0].get_lines()} >= {"msam m=8 ρ=0.2"}
+    write_curve(root / "rw2_abs", [(50.0, 1.0)])
+    labels = set(learning_curves(collect_runs(root)[0]).numbers["label"])
+    assert "rwsam m=1 ρ=0.05 λ=2 (absolute)" in labels

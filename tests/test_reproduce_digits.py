@@ -1,0 +1,51 @@
+"""scripts/reproduce_digits.sh --smoke: every axis of the digits reproduction runs end to end
+through msam-train, msam-sharpness and msam-report (one seed, two epochs, a subset of each axis),
+so the committed command cannot rot."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "reproduce_digits.sh"
+
+# run directory name -> the axis it belongs to (names: dataset_model_method_m_rho[_switch]_seed_hash)
+EXPECTED = {
+    "m_axis": {"vanilla_m1_rho0_s0", "sam_m1_rho0.05_s0", "msam_m8_rho0.05_s0", "msam_m32_rho0.05_s0",
+               "sam_m1_rho0.2_s0", "msam_m32_rho0.2_s0"},
+    "rwsam": {"vanilla_m1_rho0_s0", "msam_m8_rho0.05_s0", "rwsam_m1_rho0.05_s0"},
+    "switching": {"vanilla_m1_rho0_s0", "msam_m8_rho0.05_s0", "msam_m8_rho0.05_to_vanilla_at0.5_s0",
+                  "vanilla_m1_rho0_to_msam_at0.5_s0"},
+}
+REPORTS = {"m_axis": ["fig1", "tab4", "tab5", "curves"], "rwsam": ["temperature", "tab4", "curves"],
+           "switching": ["figB1", "tab4", "curves"]}
+
+
+def test_the_smoke_version_runs_every_axis_and_writes_every_report(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "MSAM_BIN": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", str(SCRIPT), "--smoke", str(runs), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    for axis, names in EXPECTED.items():
+        run_dirs = [p for p in (runs / axis).iterdir() if p.is_dir() and not p.name.startswith("_")]
+        found = {p.name.removeprefix("digits_small_cnn_").rsplit("_", 1)[0] for p in run_dirs}
+        assert found == names, axis
+        assert len(run_dirs) == len(names) + (axis == "rwsam")  # RW-SAM: lambda = 2 under both norm_scale
+        for run_dir in run_dirs:
+            assert (run_dir / "sharpness.json").is_file(), run_dir
+        for report in REPORTS[axis]:
+            assert (out / axis / f"{report}.md").is_file() and (out / axis / f"{report}.csv").is_file()
+    assert (out / "m_axis" / "fig1.png").is_file() and (out / "rwsam" / "temperature.png").is_file()
+    assert (out / "switching" / "figB1.png").is_file()
+
+    with open(out / "rwsam" / "temperature.csv") as table:
+        rows = [row for row in csv.DictReader(table) if row["method"] == "rwsam"]
+    assert sorted((row["norm_scale"], float(row["rw_lambda"])) for row in rows) == [("absolute", 2.0),
+                                                                                  ("relative", 2.0)]
+    assert all(float(row["lambda_max_mean"]) > 0 for row in rows)
+    log = (out / "wall_time.md").read_text().splitlines()
+    trained = sum(len(names) for names in EXPECTED.values()) + 1  # each folder trains its own references
+    assert "--smoke" in log[-1] and f"| {trained} |" in log[-1], log[-1]
