@@ -22,7 +22,8 @@ OUT=${2:-results/digits}
 BIN=${MSAM_BIN:-$(dirname "$0")/../.venv/bin}
 START=$(date +%s)
 COMMIT=$(git -C "$(dirname "$0")" describe --always --dirty 2>/dev/null || echo unknown)  # the code that ran
-count_runs() { find "$RUNS" -name summary.json 2>/dev/null | wc -l; }
+mkdir -p "$RUNS" "$OUT"
+count_runs() { find "$RUNS" -name summary.json | wc -l; }
 RUNS_BEFORE=$(count_runs)
 
 train() {  # train <runs subfolder> <table> [overrides...]
