@@ -12,18 +12,19 @@
 #   scripts/reproduce_digits.sh [--smoke] [RUNS [OUT]]     (default runs/digits results/digits)
 #
 # --smoke: one seed, two epochs, a subset of each axis and a cheap sharpness (make test runs it, so
-# the command cannot rot; its numbers mean nothing).
+# the command cannot rot; its numbers mean nothing). Its default folders are runs/digits_smoke and
+# runs/digits_smoke/report, never the real ones.
 set -euo pipefail
 
-SMOKE=0
-if [[ "${1:-}" == "--smoke" ]]; then SMOKE=1; shift; fi
-RUNS=${1:-runs/digits}
-OUT=${2:-results/digits}
+SMOKE=0 FLAG="" RUNS=runs/digits OUT=results/digits
+if [[ "${1:-}" == "--smoke" ]]; then SMOKE=1 FLAG=" --smoke" RUNS=runs/digits_smoke OUT=runs/digits_smoke/report; shift; fi
+RUNS=${1:-$RUNS}
+OUT=${2:-$OUT}
 BIN=${MSAM_BIN:-$(dirname "$0")/../.venv/bin}
 START=$(date +%s)
 COMMIT=$(git -C "$(dirname "$0")" describe --always --dirty 2>/dev/null || echo unknown)  # the code that ran
 mkdir -p "$RUNS" "$OUT"
-count_runs() { find "$RUNS" -name summary.json | wc -l; }
+count_runs() { { grep -rl --include=summary.json '"status": "finished"' "$RUNS" || true; } | wc -l; }
 RUNS_BEFORE=$(count_runs)
 
 train() {  # train <runs subfolder> <table> [overrides...]
@@ -38,8 +39,10 @@ if [[ $SMOKE == 1 ]]; then
   train m_axis digits_m "${S[@]}" method.m=32
   train m_axis digits_rho_sam "${S[@]}" method.rho=0.2
   train m_axis digits_rho "${S[@]}" method.m=32 method.rho=0.2
-  train rwsam digits_reference "${S[@]}" method=vanilla,msam
-  train rwsam digits_rwsam "${S[@]}" method=rwsam method.lambda=2  # method= first: the override needs it
+  train rwsam digits_reference "${S[@]}"
+  # method=rwsam on the command line too: Hydra first composes the command line alone, where the
+  # default method (msam) has no lambda
+  train rwsam digits_rwsam "${S[@]}" method=rwsam method.lambda=2
   train switching digits_reference "${S[@]}" method=vanilla,msam
   train switching digits_switch_to_vanilla "${S[@]}" switch.fraction=0.5
   train switching digits_switch_to_msam "${S[@]}" switch.fraction=0.5
@@ -74,10 +77,10 @@ if [[ ! -f "$LOG" ]]; then
 One row per call of scripts/reproduce_digits.sh. A call trains only the runs not yet finished and
 measures only the runs without sharpness.json, so a rerun's time is mostly the reports.
 
-| finished (UTC) | command | wall time | runs trained | host, CPU cores | git commit |
+| finished (UTC) | command | wall time | runs finished by this call | host, CPU cores | git commit |
 | --- | --- | --- | --- | --- | --- |
 EOF
 fi
-COMMAND="scripts/reproduce_digits.sh$([[ $SMOKE == 1 ]] && echo " --smoke") $RUNS $OUT"
+COMMAND="scripts/reproduce_digits.sh$FLAG $RUNS $OUT"
 echo "| $(date -u +"%Y-%m-%d %H:%M") | \`$COMMAND\` | ${SECONDS_TAKEN} s ($(( SECONDS_TAKEN / 60 )) min $(( SECONDS_TAKEN % 60 )) s) | $(( $(count_runs) - RUNS_BEFORE )) | $(uname -n), $(nproc) | $COMMIT |" >> "$LOG"
 echo "reproduce_digits: done in ${SECONDS_TAKEN} s; reports in $OUT (times in $LOG)"

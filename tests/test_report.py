@@ -179,7 +179,8 @@ def test_switching_figure_groups_hybrid_runs_by_order_and_percent(fixture_runs, 
     row = report.numbers.iloc[0]
     assert (row["label"], row["switch_percent"], row["test_acc_n"]) == ("msam → vanilla", 20.0, 2)
     assert row["test_acc_mean"] == pytest.approx(82.2) and report.figure is not None
-    assert any("reference: msam (m=32) throughout: 83.25" in note for note in report.notes)
+    assert any("reference: msam (m=32, ρ=0.2) throughout: 83.25" in note for note in report.notes)
+    assert not any("reference: sam" in note for note in report.notes)  # SAM is not switched to or from
     # and the hybrid runs stay out of Table 2
     assert accuracy_table(runs).numbers["n"].sum() == 4
 
@@ -239,11 +240,11 @@ def test_accuracy_vs_m_plots_sharpness_too_one_line_per_rho_with_vanilla_as_refe
     assert [line.get_ydata()[0] for line in report.figure.axes[1].get_lines() if line.get_linestyle() == "--"] == [9.0]
 
 
-def rwsam_run(root, name, *, lam, scale, seed, acc, lambda_max):
+def rwsam_run(root, name, *, lam, scale, seed, acc, lambda_max, seed_group=None):
     run_dir = fixture_run(root, name, method="rwsam", m=1, seed=seed, acc=acc, seconds=1.0, lambda_max=lambda_max)
     (run_dir / "config.yaml").write_text(f"method:\n  name: rwsam\n  lambda: {lam}\n  norm_scale: {scale}\n")
     summary = json.loads((run_dir / "summary.json").read_text())
-    (run_dir / "summary.json").write_text(json.dumps({**summary, "rho": 0.05, "seed_group": f"rw{lam}{scale}"}))
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "rho": 0.05, "seed_group": seed_group or f"rw{lam}{scale}"}))
     return run_dir
 
 
@@ -253,15 +254,28 @@ def test_temperature_report_keeps_each_lambda_and_norm_scale_apart(tmp_path):
     root = tmp_path / "runs"
     rwsam_run(root, "rw0_s0", lam=0, scale="relative", seed=0, acc=80.0, lambda_max=6.0)
     rwsam_run(root, "rw0_s1", lam=0, scale="relative", seed=1, acc=82.0, lambda_max=8.0)
-    rwsam_run(root, "rw2", lam=2, scale="relative", seed=0, acc=84.0, lambda_max=4.0)
-    rwsam_run(root, "rw2_abs", lam=2, scale="absolute", seed=0, acc=85.0, lambda_max=3.0)
+    # the same seed_group: the report must tell them apart by lambda and norm_scale alone
+    rwsam_run(root, "rw2", lam=2, scale="relative", seed=0, acc=84.0, lambda_max=4.0, seed_group="g")
+    rwsam_run(root, "rw2_abs", lam=2, scale="absolute", seed=0, acc=85.0, lambda_max=3.0, seed_group="g")
     fixture_run(root, "msam", method="msam", m=8, seed=0, acc=86.0, seconds=1.0, lambda_max=2.0)
     report = temperature(collect_runs(root)[0])
     rw = report.numbers[report.numbers["method"] == "rwsam"]
     assert list(zip(rw["norm_scale"], rw["rw_lambda"])) == [("absolute", 2.0), ("relative", 0.0), ("relative", 2.0)]
     assert list(rw["test_acc_mean"]) == [85.0, 81.0, 84.0] and list(rw["lambda_max_mean"]) == [3.0, 7.0, 4.0]
-    assert list(report.display["λ"]) == ["—", "2.0", "0.0", "2.0"]  # the mSAM reference has no lambda
+    assert list(report.display["λ"]) == ["—", "2", "0", "2"]  # the mSAM reference has no lambda
     assert {line.get_label() for line in report.figure.axes[0].get_lines()} >= {"msam m=8 ρ=0.2"}
     write_curve(root / "rw2_abs", [(50.0, 1.0)])
     labels = set(learning_curves(collect_runs(root)[0]).numbers["label"])
     assert "rwsam m=1 ρ=0.05 λ=2 (absolute)" in labels
+
+
+def test_accuracy_vs_m_keeps_configurations_that_share_rho_and_m_on_separate_lines(tmp_path):
+    root = tmp_path / "runs"
+    fixture_run(root, "long", method="msam", m=32, seed=0, acc=83.0, seconds=1.0)
+    short = fixture_run(root, "short", method="msam", m=32, seed=0, acc=70.0, seconds=1.0)
+    summary = json.loads((short / "summary.json").read_text())
+    (short / "summary.json").write_text(json.dumps({**summary, "epochs": 20, "seed_group": "short"}))
+    report = accuracy_vs_m(collect_runs(root)[0])  # no run has sharpness.json: one panel, accuracy
+    assert sorted(report.numbers["label"]) == ["ρ=0.2, 20 epochs", "ρ=0.2, 200 epochs"]
+    assert [axis.get_ylabel() for axis in report.figure.axes] == ["test accuracy (%)"]
+    assert list(report.display["n (λ_max)"]) == [0, 0]

@@ -1,7 +1,8 @@
 """msam-report: the paper's tables and figures from your run directories (a Hydra app over
 conf/report.yaml).
 
-    msam-report tables=tab2 runs=runs/ out=results/      (tab2, tab3, tab4, tab5, fig1, figB1, rwsam, curves, or all)
+    msam-report tables=tab2 runs=runs/ out=results/      (tab2, tab3, tab4, tab5, fig1, figB1, rwsam, temperature,
+                                                          curves, or all)
     msam-report tables=[tab2,tab4,tab5] runs=runs/demo   several at once
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -32,7 +34,7 @@ def against_figure(numbers, *, x: str, xlabel: str, values, reference=None, log2
                 line = line.dropna(subset=[f"{value}_mean"]).sort_values(x)
                 axis.errorbar(line[x], line[f"{value}_mean"], yerr=line[f"{value}_std"], marker="o", capsize=3,
                               label=label)
-            for color, ref in zip(("gray", "tab:brown", "tab:pink", "tab:olive"), same):
+            for color, ref in zip(itertools.cycle(("gray", "tab:brown", "tab:pink", "tab:olive", "black")), same):
                 mean = getattr(ref, f"{value}_mean")
                 if mean == mean:  # not NaN
                     axis.axhline(mean, linestyle="--", linewidth=1, color=color, label=f"{ref.label}")

@@ -150,24 +150,55 @@ def runtime_table(runs: pd.DataFrame) -> Report:
 
 
 def measure_columns(numbers: pd.DataFrame) -> dict:
-    """The display columns of test accuracy, lambda_max and the trace (mean ± std) and n."""
+    """The display columns of test accuracy, lambda_max and the trace (mean ± std) and their n
+    (an unconverged or unmeasured seed has an accuracy but no lambda_max)."""
     return {
         "test acc (%)": [fmt(r.test_acc_mean, r.test_acc_std) for r in numbers.itertuples()],
         "λ_max": [fmt(r.lambda_max_mean, r.lambda_max_std, 3) for r in numbers.itertuples()],
         "trace": [fmt(r.trace_mean, r.trace_std, 1) for r in numbers.itertuples()],
         "n": numbers["test_acc_n"].fillna(0).astype(int),
+        "n (λ_max)": numbers["lambda_max_n"].fillna(0).astype(int),
     }
+
+
+def base_method(method: str) -> str:
+    """'msam-adaptive' -> 'msam' (summary.json names a method's variant after a dash)."""
+    return method.split("-")[0]
+
+
+def distinguished(frame: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Labels made unique where two configurations would share a line and a point: the epochs
+    are added when they differ, else the configuration's hash (seed_group, in its run names)."""
+    keys = ["dataset", "model", "label", x]
+    clash = frame.duplicated(keys, keep=False)
+    if not clash.any():
+        return frame
+    epochs_differ = frame.groupby(keys, dropna=False)["epochs"].transform("nunique") > 1
+    extra = [f", {r.epochs} epochs" if differ else f", config {r.seed_group}"
+             for r, differ in zip(frame.itertuples(), epochs_differ)]
+    return frame.assign(label=[label + more if c else label for label, more, c in zip(frame["label"], extra, clash)])
+
+
+def same_setting(reference: pd.DataFrame, lines: pd.DataFrame) -> pd.DataFrame:
+    """Reference rows on a data set, model and number of epochs that some line has."""
+    ran = set(zip(lines["dataset"], lines["model"], lines["epochs"]))
+    return reference[[key in ran for key in zip(reference["dataset"], reference["model"], reference["epochs"])]]
+
+
+def variant(method: str) -> str:
+    return "" if method == base_method(method) else f"{method} "
 
 
 def accuracy_vs_m(runs: pd.DataFrame) -> Report:
     """Figure 1: mSAM's test accuracy, and lambda_max and the trace where measured, against m, one
-    line per rho (SAM is m = 1); vanilla on the same data set and model as a dashed line."""
+    line per rho (SAM is m = 1; a variant such as msam-adaptive has lines of its own); vanilla of
+    the same data set, model and epochs as a dashed line."""
     single = single_method(runs)
-    lines = measures(single[single["method"].isin(["sam", "msam"])]).sort_values(["dataset", "model", "rho", "m"])
-    lines = lines.assign(label=[f"ρ={rho:g}" for rho in lines["rho"]])
-    vanilla = measures(single[single["method"] == "vanilla"]).assign(label="vanilla")
-    vanilla = vanilla[[pair in set(zip(lines["dataset"], lines["model"])) for pair in zip(vanilla["dataset"],
-                                                                                           vanilla["model"])]]
+    lines = measures(single[single["method"].map(base_method).isin(["sam", "msam"])])
+    lines = lines.sort_values(["dataset", "model", "rho", "m"])
+    lines = distinguished(lines.assign(label=[f"{variant(r.method)}ρ={r.rho:g}" for r in lines.itertuples()]), "m")
+    vanilla = same_setting(measures(single[single["method"] == "vanilla"]).assign(label="vanilla"), lines)
+    vanilla = distinguished(vanilla.assign(m=1), "m")
     numbers = pd.concat([vanilla, lines], ignore_index=True)
     display = setting_columns(numbers).assign(**measure_columns(numbers))
     notes = ["paper: Figure 1's points are not in our copy of the paper; the figure shows your runs"]
@@ -179,20 +210,23 @@ def accuracy_vs_m(runs: pd.DataFrame) -> Report:
 
 def switching(runs: pd.DataFrame) -> Report:
     """Figure B.1: accuracy (and sharpness where measured) of hybrid runs against the switch
-    percent, both directions, with the single-method runs of the same data set and model as
-    reference lines (a switch at 0% or 100% is one of them)."""
+    percent, both directions. The single-method runs of the methods switched between, on the same
+    data set, model and epochs, are dashed reference lines: with the settings the hybrids use,
+    they are the switches at 0% and 100%."""
     hybrid = measures(runs[runs["switch_to"].notna()])
     hybrid = hybrid.assign(label=hybrid["method"] + " → " + hybrid["switch_to"],
                            switch_percent=100 * hybrid["switch_fraction"])
-    hybrid = hybrid.sort_values(["dataset", "model", "label", "switch_percent"])
-    ran = set(zip(hybrid["dataset"], hybrid["model"]))
+    hybrid = distinguished(hybrid.sort_values(["dataset", "model", "label", "switch_percent"]), "switch_percent")
     single = ordered(measures(single_method(runs)))
-    reference = single[[pair in ran for pair in zip(single["dataset"], single["model"])]]
-    reference = reference.assign(label=[f"{r.method} (m={r.m}) throughout" for r in reference.itertuples()])
+    involved = set(hybrid["method"]) | set(hybrid["switch_to"])
+    reference = same_setting(single[single["method"].isin(involved)], hybrid)
+    reference = reference.assign(label=[f"{r.method} (m={r.m}, ρ={r.rho:g}) throughout" for r in reference.itertuples()])
     display = hybrid[["dataset", "model", "label"]].rename(columns={"label": "order"}).assign(**{
         "switch %": [f"{p:g}" for p in hybrid["switch_percent"]], **measure_columns(hybrid)})
     notes = [f"reference: {r.label}: {fmt(r.test_acc_mean, r.test_acc_std)} (n={r.test_acc_n}), "
              f"λ_max {fmt(r.lambda_max_mean, r.lambda_max_std, 3)}" for r in reference.itertuples()]
+    notes.append("order: the first method's m and ρ are in the run's name; the second's are switch.then in its "
+                 "config.yaml")
     notes.append("paper: Figure B.1's points are not in our copy of the paper; the figure shows your runs")
     figure = (against_figure(hybrid, x="switch_percent", xlabel="switch percent (% of epochs with the first method)",
                              values=MEASURES, reference=reference) if len(hybrid) else None)
@@ -201,20 +235,19 @@ def switching(runs: pd.DataFrame) -> Report:
 
 def temperature(runs: pd.DataFrame) -> Report:
     """RW-SAM against its inverse temperature lambda: test accuracy, lambda_max and the trace, one
-    line per norm_scale (and rho, m); the other single-method runs of the same data set and model
-    (vanilla, SAM, mSAM) as dashed reference lines."""
+    line per norm_scale (and rho, m, variant); the other single-method runs of the same data set,
+    model and epochs (vanilla, SAM, mSAM, ...) as dashed reference lines."""
     single = single_method(runs)
-    rw = measures(single[single["method"] == "rwsam"]).sort_values(["dataset", "model", "norm_scale", "rho", "m",
-                                                                     "rw_lambda"])
-    rw = rw.assign(label=[f"RW-SAM {r.norm_scale}, ρ={r.rho:g}" + (f", m={r.m}" if r.m > 1 else "")
-                          for r in rw.itertuples()])
-    ran = set(zip(rw["dataset"], rw["model"]))
-    reference = ordered(measures(single[single["method"] != "rwsam"]))
-    reference = reference[[pair in ran for pair in zip(reference["dataset"], reference["model"])]]
-    reference = reference.assign(label=[f"{r.method} m={r.m} ρ={r.rho:g}" for r in reference.itertuples()])
+    is_rw = single["method"].map(base_method) == "rwsam"
+    rw = measures(single[is_rw]).sort_values(["dataset", "model", "method", "norm_scale", "rho", "m", "rw_lambda"])
+    rw = distinguished(rw.assign(label=[f"{variant(r.method)}RW-SAM {r.norm_scale}, ρ={r.rho:g}"
+                                        + (f", m={r.m}" if r.m > 1 else "") for r in rw.itertuples()]), "rw_lambda")
+    reference = same_setting(ordered(measures(single[~is_rw])), rw)
+    reference = distinguished(reference.assign(label=[f"{r.method} m={r.m} ρ={r.rho:g}" for r in
+                                                      reference.itertuples()], rw_lambda=float("nan")), "rw_lambda")
     numbers = pd.concat([reference, rw], ignore_index=True)
     display = setting_columns(numbers).assign(**{
-        "λ": [fmt(x, None, 1) if x == x else "—" for x in numbers["rw_lambda"]],
+        "λ": [f"{x:g}" if x == x else "—" for x in numbers["rw_lambda"]],
         "norm_scale": numbers["norm_scale"].fillna("—"), **measure_columns(numbers)})
     notes = ["lambda = 0 gives every sample the same weight: SAM, under either norm_scale",
              "the RW-SAM poster gives no sharpness numbers; its claim is that reweighting moves SAM toward mSAM"]
