@@ -13,10 +13,9 @@ SCRIPT = ROOT / "scripts" / "reproduce_digits.sh"
 # run directory name -> the axis it belongs to (names: dataset_model_method_m_rho[_switch]_seed_hash)
 EXPECTED = {
     "m_axis": {"vanilla_m1_rho0_s0", "sam_m1_rho0.05_s0", "msam_m8_rho0.05_s0", "msam_m32_rho0.05_s0",
-               "sam_m1_rho0.2_s0", "msam_m32_rho0.2_s0"},
-    "rwsam": {"vanilla_m1_rho0_s0", "sam_m1_rho0.05_s0", "msam_m8_rho0.05_s0", "rwsam_m1_rho0.05_s0"},
-    "switching": {"vanilla_m1_rho0_s0", "msam_m8_rho0.05_s0", "msam_m8_rho0.05_to_vanilla_at0.5_s0",
-                  "vanilla_m1_rho0_to_msam_at0.5_s0"},
+               "msam_m32_rho0.2_s0"},
+    "rwsam": {"rwsam_m1_rho0.05_s0"},
+    "switching": {"msam_m8_rho0.05_to_vanilla_at0.5_s0", "vanilla_m1_rho0_to_msam_at0.5_s0"},
 }
 REPORTS = {"m_axis": ["fig1", "tab4", "tab5", "curves"], "rwsam": ["temperature", "tab4", "curves"],
            "switching": ["figB1", "tab4", "curves"]}
@@ -45,7 +44,7 @@ def test_the_smoke_version_runs_every_axis_and_writes_every_report(tmp_path):
         rows = [row for row in csv.DictReader(table) if row["method"] == "rwsam"]
     assert sorted((row["norm_scale"], float(row["rw_lambda"])) for row in rows) == [("absolute", 2.0),
                                                                                   ("relative", 2.0)]
-    assert all(float(row["lambda_max_mean"]) > 0 and int(row["lambda_max_n"]) == 1 for row in rows)
+    assert all(float(row["lambda_max_mean"]) > 0 and float(row["lambda_max_n"]) == 1 for row in rows)
     log = (out / "wall_time.md").read_text().splitlines()
-    trained = sum(len(names) for names in EXPECTED.values()) + 1  # each folder trains its own references
+    trained = sum(len(names) for names in EXPECTED.values()) + 1  # + the second RW-SAM run
     assert "--smoke" in log[-1] and f"| {trained} |" in log[-1], log[-1]

@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 from msam.data.bundle import DataBundle, input_side  # noqa: F401 - input_side is msam.data's
-from msam.data.cifar import build_cifar, check_cifar
 from msam.data.digits import build_digits
 from msam.data.glue import TASKS as GLUE_TASKS
 from msam.data.glue import build_glue, build_smoke_text, check_glue
-from msam.data.imagenet import build_imagenet, check_imagenet
 from msam.data.synthetic import build_smoke, build_synthetic
 from msam.errors import ConfigError
+
+
+# CIFAR and ImageNet are read through torchvision, whose import costs seconds at every start of
+# a tool: it is imported when one of them is used.
+def build_cifar(*args, **kwargs):
+    from msam.data.cifar import build_cifar as build
+    return build(*args, **kwargs)
+
+
+def check_cifar(cfg) -> None:
+    from msam.data.cifar import check_cifar as check
+    check(cfg)
+
+
+def build_imagenet(*args, **kwargs):
+    from msam.data.imagenet import build_imagenet as build
+    return build(*args, **kwargs)
+
+
+def check_imagenet(cfg) -> None:
+    from msam.data.imagenet import check_imagenet as check
+    check(cfg)
+
 
 BUILDERS = {
     "digits": build_digits,

@@ -20,7 +20,6 @@ from omegaconf import OmegaConf
 from torch.utils.data import Subset
 
 from msam.data import build_data, check_data
-from msam.data.imagenet import image_folder, inception_transforms
 from msam.data.loaders import FolderLoader, TensorLoader
 from msam.data.tokens import TokenLoader
 
@@ -58,6 +57,8 @@ def analysis_data(run_cfg, batch_size: int, max_samples: int | None, seed: int, 
     cfg, smoke = run_cfg.dataset, run_cfg.get("smoke")
     check_data(cfg, smoke)
     if cfg.name == "imagenet" and smoke is None:
+        from msam.data.imagenet import image_folder, inception_transforms  # torchvision: only for ImageNet
+
         _, evaluate = inception_transforms(cfg)
         dataset = image_folder(cfg, "train", evaluate)
         index = subset_indices(len(dataset), max_samples, seed)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
 
 from msam.data.bundle import tensor_bundle
 
 
 def build_digits(cfg, batch_size, eval_batch_size, seed, device):
+    from sklearn.datasets import load_digits  # scikit-learn's import costs seconds: only when digits are read
+
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(digits.target, dtype=torch.long)

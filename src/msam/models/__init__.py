@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 
-import timm
 from torch import nn
-from torchvision import models as tv_models
 
 from msam.errors import ConfigError
 from msam.models.cifar_resnet import DEPTHS, cifar_resnet
@@ -39,6 +37,20 @@ def installed(module: str) -> bool:
         return False
 
 
+# timm and torchvision are imported by the models that need them: together they cost seconds at
+# every start of a tool that trains the small CNN.
+def is_timm_model(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
+def torchvision_models() -> list[str]:
+    from torchvision import models
+
+    return models.list_models()
+
+
 def check_model(cfg) -> None:
     if cfg.arch not in ARCHITECTURES:
         raise ConfigError(f"unknown model.arch '{cfg.arch}'; valid: {', '.join(ARCHITECTURES)}")
@@ -53,9 +65,9 @@ def check_model(cfg) -> None:
     if missing:
         raise ConfigError(f"model.arch={cfg.arch} needs model.{missing[0]}: choose the architecture with model=<name> "
                           "(conf/model/), not model.arch")
-    if cfg.arch == "timm" and not timm.is_model(cfg.timm_name):
+    if cfg.arch == "timm" and not is_timm_model(cfg.timm_name):
         raise ConfigError(f"model.timm_name={cfg.timm_name} is not a timm model (timm.list_models() lists them)")
-    if cfg.arch == "torchvision" and cfg.torchvision_name not in tv_models.list_models():
+    if cfg.arch == "torchvision" and cfg.torchvision_name not in torchvision_models():
         raise ConfigError(f"model.torchvision_name={cfg.torchvision_name} is not a torchvision model "
                           "(torchvision.models.list_models() lists them)")
     if cfg.arch == "wide_resnet" and (cfg.depth - 4) % 6:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18, resnet50
 
-DEPTHS = {18: resnet18, 50: resnet50}
+DEPTHS = {18: "resnet18", 50: "resnet50"}  # torchvision's builders, imported when used
 
 
 def cifar_resnet(depth: int, in_channels: int, num_classes: int) -> nn.Module:
-    model = DEPTHS[depth](weights=None, num_classes=num_classes)
+    from torchvision import models
+
+    model = getattr(models, DEPTHS[depth])(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model

@@ -6,10 +6,8 @@ import os
 import pickle
 from contextlib import contextmanager
 
-import timm
 import torch
 from torch import nn
-from torchvision import models as tv_models
 
 from msam.errors import ConfigError
 
@@ -38,6 +36,8 @@ def check_checkpoint(path: str | None) -> None:
 
 
 def torchvision_model(name: str, num_classes: int, checkpoint: str | None) -> nn.Module:
+    from torchvision import models as tv_models  # imported here: seconds at start-up for every other model
+
     model = tv_models.get_model(name, weights=None, num_classes=num_classes)
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -48,6 +48,8 @@ def torchvision_model(name: str, num_classes: int, checkpoint: str | None) -> nn
 def timm_vit(cfg, num_classes: int, image_size: int, channels: int) -> nn.Module:
     """A timm ViT; with model.checkpoint, timm loads that local file and adapts the head and
     position embeddings to num_classes and image_size. Never downloads from the hub."""
+    import timm  # imported here: seconds at start-up for every other model
+
     kwargs = dict(num_classes=num_classes, img_size=image_size, in_chans=channels, drop_rate=cfg.dropout)
     if cfg.get("patch_size") is not None:
         kwargs["patch_size"] = cfg.patch_size
@@ -66,6 +68,7 @@ def check_every_weight_loaded(model: nn.Module, path: str) -> None:
     weight but the classifier must come from the file. (An .npz is read by timm's strict reader.)"""
     if path.endswith(".npz"):
         return
+    import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     found = checkpoint_filter_fn(timm.models.load_state_dict(path), model)
