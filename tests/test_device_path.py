@@ -145,7 +145,8 @@ def test_timers_synchronise_the_device(monkeypatch):
     monkeypatch.setattr(timing, "synchronize", lambda device: synced.append(device))
     model = nn.Linear(4, 3)
     batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
-    seconds_per_gradient(model, [batch], lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="none"))
+    seconds_per_gradient(model, [batch], lambda logits, y: nn.functional.cross_entropy(logits, y, reduction="none"),
+                         passes=1)
     assert len(synced) == 2
     time_steps(model, {"vanilla": Vanilla()}, batch, torch.device("cpu"), repeats=2, warmup=1)
     assert len(synced) == 2 + 2 * 3
@@ -172,3 +173,26 @@ def test_vmap_leaves_fused_attention_as_the_model_had_it():
         (torch.randn(8, 6), torch.randint(0, 3, (8,))))
     assert model[0].seen and not any(model[0].seen)  # off inside the vmapped passes
     assert model[0].fused_attn is True  # restored
+
+
+def test_the_cost_unit_is_the_median_pass_so_one_slow_pass_does_not_move_it(monkeypatch):
+    """Other work on the machine slowing one timed forward+backward must not make Hessian-vector
+    products look cheap: the unit is the median of the passes."""
+    import time
+
+    from msam.sharpness import measure
+
+    calls = {"n": 0}
+
+    def first_pass_slow(model, inputs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            time.sleep(0.3)
+        return model(inputs)
+
+    monkeypatch.setattr(measure, "model_output", first_pass_slow)
+    model = nn.Linear(4, 3)
+    batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    seconds = measure.seconds_per_gradient(model, [batch], lambda z, y: nn.functional.cross_entropy(
+        z, y, reduction="none"), passes=3)
+    assert calls["n"] == 3 and seconds < 0.1

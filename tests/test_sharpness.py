@@ -50,7 +50,8 @@ def exact_hessian(model, x, y, loss=per_sample_ce):
 
 
 def measure(model, batches, n, loss=per_sample_ce, **options):
-    settings = dict(algorithm="lanczos", max_iter=400, tol=1e-10, trace_probes=400, seed=0, keep_unconverged=False)
+    settings = dict(algorithm="lanczos", max_iter=400, tol=1e-10, trace_probes=400, seed=0, keep_unconverged=False,
+                    gradient_passes=1)
     settings.update(options)
     return measure_sharpness(model, batches, n, loss, **settings)
 

@@ -44,7 +44,8 @@ def settings_domains() -> dict[str, dict]:
                  "algorithm": Choice(ALGORITHMS), "max_iter": Int(1), "tol": Number(0, open_low=True),
                  "trace_probes": Int(0), "product": Choice(PRODUCTS), "batch_size": Int(1),
                  "max_samples": Optional(Int(1)), "dtype": Choice(tuple(DTYPES)), "device": Text(),
-                 "dist_backend": Choice(BACKENDS), "seed": Int(0, SEED_MAX), "keep_unconverged": Bool()}}
+                 "dist_backend": Choice(BACKENDS), "seed": Int(0, SEED_MAX), "keep_unconverged": Bool(),
+                 "gradient_passes": Int(1)}}
 
 
 def check_settings(settings: DictConfig) -> None:
@@ -109,7 +110,8 @@ def measure_run(run_dir: str | Path, settings: DictConfig, ctx: dist.DistContext
         result = measure_sharpness(model, ReIterable(data.batches), data.num_samples, loss,
                                    algorithm=settings.algorithm, max_iter=settings.max_iter, tol=settings.tol,
                                    trace_probes=settings.trace_probes, seed=settings.seed,
-                                   keep_unconverged=settings.keep_unconverged, product=settings.product, ctx=ctx)
+                                   keep_unconverged=settings.keep_unconverged,
+                                   gradient_passes=settings.gradient_passes, product=settings.product, ctx=ctx)
     result.update({
         "run": run_dir.name,
         "checkpoint_epoch": state["epoch"],
