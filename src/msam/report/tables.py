@@ -198,7 +198,7 @@ def accuracy_vs_m(runs: pd.DataFrame) -> Report:
     lines = lines.sort_values(["dataset", "model", "rho", "m"])
     lines = distinguished(lines.assign(label=[f"{variant(r.method)}ρ={r.rho:g}" for r in lines.itertuples()]), "m")
     vanilla = same_setting(measures(single[single["method"] == "vanilla"]).assign(label="vanilla"), lines)
-    vanilla = distinguished(vanilla.assign(m=1), "m")
+    vanilla = distinguished(vanilla, "m")
     numbers = pd.concat([vanilla, lines], ignore_index=True)
     display = setting_columns(numbers).assign(**measure_columns(numbers))
     notes = ["paper: Figure 1's points are not in our copy of the paper; the figure shows your runs"]
