@@ -1,6 +1,8 @@
 """Loaders on small data written in the real on-disk formats, and the device augmentation."""
 
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,6 +89,28 @@ def test_digits_split_is_fixed_and_normalised(make_cfg):
     assert abs(every.mean().item()) < 0.01 and abs(every.std().item() - 1) < 0.01
     other_seed = build_data(cfg.dataset, 64, 512, seed=4, device=torch.device("cpu"))
     assert torch.equal(data.test.inputs, other_seed.test.inputs)
+
+
+def test_digits_read_without_scikit_learn_equal_load_digits(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from msam.data import digits
+
+    images, labels = digits.read_digits()
+    reference = load_digits()
+    assert images.dtype == reference.images.dtype and labels.dtype == reference.target.dtype
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+    # A scikit-learn that keeps its file elsewhere: load_digits itself.
+    monkeypatch.setattr(digits.Path, "is_file", lambda self: False)
+    images, labels = digits.read_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(labels, reference.target)
+
+
+def test_a_digits_run_does_not_import_scikit_learn(tmp_path):
+    code = ("import sys, torch; from msam.data.digits import read_digits; read_digits(); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_order_depends_on_seed_and_epoch_only():
