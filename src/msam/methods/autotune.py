@@ -143,8 +143,9 @@ def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, ma
     timed = [c for c in order if c not in failed]
     table = {choice.label: best[choice] for choice in timed}
     chosen = min((c for c in timed if c not in dropped), key=lambda c: best[c])
-    log.info("impl=auto: " + ", ".join(f"{choice.label} {best[choice]:.1f} ms" + (" (dropped)" if choice in dropped
-                                                                                   else "") for choice in timed)
+    log.info("impl=auto: " + ", ".join(f"{choice.label} {best[choice]:.1f} ms"
+                                       + (f" (dropped: {dropped[choice]})" if choice in dropped else "")
+                                       for choice in timed)
              + f" per step (best round) -> {chosen.label}")
     return chosen, table
 
