@@ -54,7 +54,7 @@ def test_time_steps_reports_the_median_and_range_of_the_timed_rounds(monkeypatch
 
 
 def test_cli_writes_json_and_markdown(tmp_path):
-    command = [sys.executable, "-m", "msam.bench", "models=[resnet18]", "batch_sizes=[4]", "ms=[1,2]", "repeats=1",
+    command = [sys.executable, "-m", "msam.bench", "models=[small_cnn]", "image_size=8", "batch_sizes=[4]", "ms=[1,2]", "repeats=1",
                "warmup=0", f"out={tmp_path}", "name=smoke", "device=cpu"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -31,7 +31,7 @@ def test_the_report_collects_tests_training_and_bench(tmp_path):
            "dataset.mean=[0.5]", "dataset.std=[0.2887]", "dataset.train_size=64", "dataset.test_size=32",
            "batch_size=32", "epochs=1", "device=cpu", "log_every_steps=0", f"paths.runs={work}/runs"]
     subprocess.run(run, check=True, capture_output=True, timeout=300, cwd=tmp_path)
-    bench = [sys.executable, "-m", "msam.bench", "models=[resnet18]", "batch_sizes=[4]", "ms=[1,2]", "repeats=1",
+    bench = [sys.executable, "-m", "msam.bench", "models=[small_cnn]", "image_size=8", "batch_sizes=[4]", "ms=[1,2]", "repeats=1",
              "warmup=0", f"out={work}", "name=gpu_bench_eager", "device=cpu"]
     subprocess.run(bench, check=True, capture_output=True, timeout=300, cwd=tmp_path)
     subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_report.py"), "--device", "test", "--work", str(work),
@@ -43,4 +43,4 @@ def test_the_report_collects_tests_training_and_bench(tmp_path):
     text = (out / "gpu_test.md").read_text()
     assert "3 passed, 1 failed, 1 skipped" in text and "- failed: `test_b`" in text
     assert "- `tests_compile` did not finish within its time limit" in text
-    assert "| sam | 1 | - |" in text and "| resnet18 | 4 | 2 | vmap |" in text
+    assert "| sam | 1 | - |" in text and "| small_cnn | 4 | 2 | vmap |" in text
