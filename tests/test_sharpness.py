@@ -65,11 +65,15 @@ def test_lambda_max_and_trace_match_the_exact_hessian(algorithm, batch_size, pro
     exact = exact_hessian(model, x, y)
     eigenvalues = torch.linalg.eigvalsh(exact)
     options = {"max_iter": 5000, "tol": 1e-9} if algorithm == "power" else {}
-    result = measure(model, batches_of(x, y, batch_size), len(y), algorithm=algorithm, product=product, **options)
+    # forward-over-reverse is the slower product here: a tenth of the probes (the trace's
+    # bound below widens with them), the same eigenvalue tolerance
+    probes = 40 if product == "forward_over_reverse" else 400
+    result = measure(model, batches_of(x, y, batch_size), len(y), algorithm=algorithm, product=product,
+                     trace_probes=probes, **options)
     assert result["converged"]
     assert result["lambda_max"] == pytest.approx(eigenvalues[-1].item(), rel=1e-6)
     assert abs(result["trace"] - exact.trace().item()) < 3 * result["trace_stderr"]
-    assert result["hvp_count"] == result["hvp_count_lambda_max"] + 400 and result["hvp_method"] == product
+    assert result["hvp_count"] == result["hvp_count_lambda_max"] + probes and result["hvp_method"] == product
 
 
 @pytest.mark.parametrize("product", PRODUCTS)
