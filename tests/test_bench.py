@@ -8,16 +8,18 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from msam import bench
 from msam.bench import markdown, run_bench
 
 
 def test_bench_rows_have_ratios_for_every_method(tmp_path):
-    cfg = OmegaConf.create({"models": ["vit_small"], "batch_sizes": [8], "ms": [1, 2, 4], "impls": ["loop", "vmap"],
-                            "repeats": 1, "warmup": 0, "rho": 0.05, "num_classes": 10, "image_size": 32,
+    cfg = OmegaConf.create({"models": ["vit_small"], "batch_sizes": [8], "ms": [1, 2, 4],
+                            "impls": ["loop", "vmap", "floor"], "repeats": 1, "warmup": 0, "rho": 0.05,
+                            "num_classes": 10, "image_size": 32, "channels": 3,
                             "device": "cpu", "seed": 0, "name": "t", "baselines": ["vanilla", "sam", "rwsam"]})
     rows = run_bench(cfg)
     assert [(r["impl"], r["m"]) for r in rows] == [("vanilla", 1), ("sam", 1), ("rwsam", 1), ("loop", 2), ("vmap", 2),
-                                                   ("loop", 4), ("vmap", 4)]
+                                                   ("floor", 2), ("loop", 4), ("vmap", 4), ("floor", 4)]
     assert all(r["min_ms"] <= r["ms"] <= r["max_ms"] and r["device"].startswith("cpu") for r in rows)
     assert "| vit_small | 8 | 4 | vmap |" in markdown(rows, cfg)
 
@@ -63,3 +65,16 @@ def test_cli_writes_json_and_markdown(tmp_path):
     assert payload["rows"][-1]["auto_choice"] in ("loop", "vmap")
     assert set(payload["rows"][0]) >= {"model", "B", "m", "impl", "ms", "ratio_vs_sam", "ratio_vs_vanilla", "device"}
     assert (tmp_path / "smoke.md").read_text().startswith("# msam-bench `smoke`")
+
+
+def test_the_floor_is_one_pass_over_the_batch_and_m_over_its_micro_batches():
+    sizes = []
+    model = torch.nn.Linear(2, 3)
+    model.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    batch = (torch.randn(12, 2), torch.randint(0, 3, (12,)))
+    bench.MicroBatchFloor(4)(model, lambda logits, y: torch.nn.functional.cross_entropy(logits, y, reduction="none"),
+                             batch)
+    assert sizes == [12, 3, 3, 3, 3]
+    assert model.weight.grad is not None
+    methods = bench.methods_for(4, 0.05, ["loop", "floor"], ["vanilla", "sam"])
+    assert isinstance(methods["floor"], bench.MicroBatchFloor) and methods["floor"].m == 4

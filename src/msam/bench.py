@@ -32,22 +32,42 @@ from msam.runs import device_description, write_atomic
 from msam.train import CONF_DIR
 
 PROG = "msam-bench"
-IMPLS = ("loop", "vmap", "auto", "compile")
+IMPLS = ("loop", "vmap", "auto", "compile", "floor")
 BASELINES = ("vanilla", "sam", "rwsam")
 
 
-def bench_model(name: str, num_classes: int, image_size: int) -> torch.nn.Module:
-    """conf/model/<name>.yaml, built as msam-train builds it, for 3 x image_size x image_size inputs."""
+def bench_model(name: str, num_classes: int, image_size: int, channels: int = 3) -> torch.nn.Module:
+    """conf/model/<name>.yaml, built as msam-train builds it, for channels x image_size x image_size inputs."""
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.is_file():
         valid = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
         raise ConfigError(f"unknown bench model '{name}'; valid: {', '.join(valid)}")
-    return build_model(OmegaConf.load(path), num_classes, (3, image_size, image_size))
+    return build_model(OmegaConf.load(path), num_classes, (channels, image_size, image_size))
 
 
 def method_config(name: str, rho: float, **values) -> DictConfig:
     """A method's config from conf/method/<name>.yaml (its documented defaults), rho set."""
     return OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml"), {"rho": rho, **values})
+
+
+class MicroBatchFloor:
+    """Not a method: what an exact mSAM step costs at least with the ordinary kernels of its model.
+
+    Its m descent gradients are taken at m different weight sets w + e_j, so they are m
+    forward+backward passes over B/m samples each (unless one kernel runs the m weight sets at
+    once, which is what the vmap row times). Its ascent is counted at best: one pass over the whole
+    batch, as if the m micro-batch gradients came at a full-batch cost. No perturbation, no weight
+    copies, no BatchNorm bookkeeping: only those m + 1 passes. A `floor` ratio to SAM above a goal
+    says that no loop-style implementation reaches the goal on this device."""
+
+    def __init__(self, m: int) -> None:
+        self.m = m
+
+    def __call__(self, model, loss_fn, batch):
+        inputs, targets = batch
+        loss_fn(model(inputs), targets).mean().backward()
+        for x, y in zip(inputs.chunk(self.m), targets.chunk(self.m)):
+            (loss_fn(model(x), y).mean() / self.m).backward()
 
 
 def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | None = None) -> dict:
@@ -59,6 +79,9 @@ def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | N
         for impl in impls:
             if impl == "auto" and auto_choice is not None and auto_choice.label in impls:
                 continue  # the same code as a fixed row: timing it twice would only measure noise
+            if impl == "floor":
+                methods[impl] = MicroBatchFloor(m)
+                continue
             cfg = method_config("msam", rho, m=m, impl="loop" if impl == "compile" else impl)
             methods[impl] = build_method(cfg, choice=auto_choice if impl == "auto" else None)
     return methods
@@ -104,7 +127,7 @@ def bench_domains() -> dict[str, dict]:
                  "batch_sizes": ListOf(Int(1), min_length=1), "ms": ListOf(Int(1), min_length=1),
                  "impls": ListOf(Choice(IMPLS)), "tune_steps": Int(1), "tune_max_seconds": Number(0, open_low=True),
                  "tune_keep_within": Number(1), "baselines": ListOf(Choice(BASELINES)),
-                 "repeats": Int(1), "warmup": Int(0), "rho": Number(0), "num_classes": Int(2), "image_size": Int(1),
+                 "repeats": Int(1), "warmup": Int(0), "rho": Number(0), "num_classes": Int(2), "image_size": Int(1), "channels": Int(1),
                  "device": Text(), "seed": Int(0, SEED_MAX)},
             "cpu_allocator": {"tune": Bool(), "mmap_threshold": Int(0), "trim_threshold": Int(0)}}
 
@@ -126,12 +149,12 @@ def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
     rows = []
     for model_name in cfg.models:
         torch.manual_seed(cfg.seed)
-        model = bench_model(model_name, cfg.num_classes, cfg.image_size).to(device).train()
+        model = bench_model(model_name, cfg.num_classes, cfg.image_size, cfg.channels).to(device).train()
         # dynamic: one compilation for every micro-batch size rather than one per m
         compiled = torch.compile(model, dynamic=True) if "compile" in cfg.impls else None
         for batch_size in cfg.batch_sizes:
             gen = torch.Generator().manual_seed(cfg.seed)
-            batch = (torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=gen).to(device),
+            batch = (torch.randn(batch_size, cfg.channels, cfg.image_size, cfg.image_size, generator=gen).to(device),
                      torch.randint(0, cfg.num_classes, (batch_size,), generator=gen).to(device))
             baseline = None
             for m in cfg.ms:
@@ -144,7 +167,7 @@ def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
                 baseline = timed if baseline is None else baseline
                 if chosen is not None and "auto" not in timed:
                     timed["auto"] = timed[chosen.label]
-                fixed = [timed[i]["ms"] for i in timed if i not in cfg.baselines and i != "auto"]
+                fixed = [timed[i]["ms"] for i in timed if i not in cfg.baselines and i not in ("auto", "floor")]
                 for impl, t in timed.items():
                     if impl in cfg.baselines and m != cfg.ms[0]:
                         continue  # one vanilla/SAM row per (model, B); the ratios use this round's
@@ -170,7 +193,7 @@ def markdown(rows: list[dict], cfg) -> str:
     for r in rows:
         peak = "—" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
         impl = (f"auto → {r['auto_choice']} ({r['auto_vs_best_fixed']:.2f}× the fastest fixed)"
-                if "auto_choice" in r else r["impl"])
+                if "auto_choice" in r else "floor (1 pass of B + m of B/m)" if r["impl"] == "floor" else r["impl"])
         lines.append(f"| {r['model']} | {r['B']} | {r['m']} | {impl} | {r['ms']:.0f} ({r['min_ms']:.0f}-"
                      f"{r['max_ms']:.0f}) | {r['ratio_vs_sam']:.2f} | {r['ratio_vs_vanilla']:.2f} | {peak} |")
     return "\n".join(lines) + "\n"
