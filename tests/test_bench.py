@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +79,13 @@ def test_the_floor_is_one_pass_over_the_batch_and_m_over_its_micro_batches():
     assert model.weight.grad is not None
     methods = bench.methods_for(4, 0.05, ["loop", "floor"], ["vanilla", "sam"])
     assert isinstance(methods["floor"], bench.MicroBatchFloor) and methods["floor"].m == 4
+
+
+def test_the_ascent_script_times_full_loop_and_vmap():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_ascent.py"
+    result = subprocess.run([sys.executable, str(script), "--model", "small_cnn", "--batch", "8", "--m", "2",
+                             "--repeats", "1", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("small_cnn, B = 8, m = 2, cpu")
+    assert [line.split()[0] for line in lines[1:]] == ["full", "loop", "vmap"] and "1.00x full" in lines[1]
