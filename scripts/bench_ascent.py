@@ -11,7 +11,8 @@ after one warm-up (train mode, random data, CPU or CUDA, synchronised):
 - loop:  m forward+backward passes over B/m samples (method.impl=loop's ascent);
 - vmap:  the m gradients in one vmapped call, weights shared (method.impl=vmap's ascent).
 
-If neither loop nor vmap comes near `full`, no ordinary-kernel implementation reaches the floor.
+If neither comes near `full`, neither of this project's implementations can reach the floor's
+assumption for the ascent on this device.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    if args.m < 1 or args.repeats < 1:
+        parser.error(f"--m and --repeats must be at least 1, got {args.m} and {args.repeats}")
     if args.batch % args.m:
         parser.error(f"--m {args.m} must divide --batch {args.batch}")
     device = pick_device(args.device)

@@ -53,9 +53,9 @@ TRAIN=(dataset=synthetic dataset.train_size=4096 dataset.test_size=512 model=res
 timeout -k 10 "$(limit 70)" bash -c '"$0" -m msam.train -m method=vanilla,sam,asam,rwsam "${@}" &&
   "$0" -m msam.train -m method=msam method.m=16 method.impl=loop,vmap "${@}"' "$PYTHON" "${TRAIN[@]}" 2>&1 | tail -n 18
 
-echo "== 4/6 msam-bench, loop and vmap (limit $(limit 150)s)"
+echo "== 4/6 msam-bench, loop, vmap and the floor (limit $(limit 150)s)"
 timeout -k 10 "$(limit 150)" "$PYTHON" -m msam.bench "name=gpu_bench_eager" "out=$WORK" \
-  models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[loop,vmap] repeats=5 warmup=2 \
+  models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[loop,vmap,floor] repeats=5 warmup=2 \
   device=cuda 2>&1 | grep -v "^|" | tail -n 40
 
 echo "== 5/6 msam-bench, compile (limit $(limit 90)s)"

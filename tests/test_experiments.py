@@ -68,8 +68,8 @@ def test_there_is_one_experiment_per_rwsam_poster_cifar_row():
 # (test_every_experiment_as_the_paper_runs_it_passes_the_checks), not smoke-run (1.5 min).
 # The vanilla and SAM rows of the paper-sized models (ImageNet's at 224x224, ViT-B/16) are composed
 # and checked too, not smoke-run: their mSAM row builds and trains the same model and recipe
-# through the same SAM step (m = 2 there, m = 1 for SAM), and the three rows' smoke runs cost a
-# minute more.
+# through the same SAM step (m = 2 there, m = 1 for SAM), and these eight rows' smoke runs cost
+# a minute more.
 PAPER_SIZED = ("tab2_in1k_", "tab2_c100_vit_b16_")
 SMOKE_RUN = [e for e in EXPERIMENTS if not (e.startswith("rwsam_") and not e.endswith("_rwsam"))
              and not e.startswith("tab2_c10_") and not (e.startswith(PAPER_SIZED) and not e.endswith("_msam"))]
@@ -156,7 +156,7 @@ EXPECTED_JOBS = {"tab2_c10": 45, "tab2_c100": 45, "tab2_in1k": 45, "tab4": 30, "
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_table_sweep_composes_every_job_and_smoke_runs_one(table, tmp_path, monkeypatch):
+def test_table_sweep_composes_every_configuration_and_smoke_runs_one(table, tmp_path, monkeypatch):
     import msam.config
 
     cfg = compose_cfg(f"table={table}", hydra_config=True)

@@ -51,14 +51,14 @@ def method_config(name: str, rho: float, **values) -> DictConfig:
 
 
 class MicroBatchFloor:
-    """Not a method: what an exact mSAM step costs at least with the ordinary kernels of its model.
+    """Not a method: the passes an mSAM step cannot avoid when it calls the model once per micro-batch.
 
-    Its m descent gradients are taken at m different weight sets w + e_j, so they are m
-    forward+backward passes over B/m samples each (unless one kernel runs the m weight sets at
-    once, which is what the vmap row times). Its ascent is counted at best: one pass over the whole
-    batch, as if the m micro-batch gradients came at a full-batch cost. No perturbation, no weight
-    copies, no BatchNorm bookkeeping: only those m + 1 passes. A `floor` ratio to SAM above a goal
-    says that no loop-style implementation reaches the goal on this device."""
+    Its m descent gradients are taken at m different weight sets w + e_j, so such an implementation
+    makes m forward+backward passes over B/m samples (vmap instead runs the m weight sets in
+    batched kernels: its own row). The ascent is counted as one pass over the whole batch, as if
+    the m micro-batch gradients came at a full-batch cost (on a CPU m small passes are sometimes
+    cheaper: compare scripts/bench_ascent.py). No perturbation, no weight copies, no BatchNorm
+    bookkeeping. A measurement, as noisy as the other rows, not a proven bound."""
 
     def __init__(self, m: int) -> None:
         self.m = m
