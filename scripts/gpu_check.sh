@@ -8,7 +8,7 @@
 # 2. the torch.compile (inductor) test on its own (its first compilation is slow);
 # 3. one short bf16 training per method on synthetic CIFAR-shaped data (ResNet-18, 2 epochs);
 # 4. msam-bench: ResNet-18, WRN-16-8 and the small ViT at B = 128 and 512, m in 1, 4, 16, 32,
-#    loop and vmap; 5. the same with compile. The bench writes its rows after every (model, B, m);
+#    loop, vmap, vmap_ascent and the floor; 5. the loop with compile. The bench writes its rows after every (model, B, m);
 # 6. the Hessian-vector product's cost against a forward+backward (scripts/bench_hvp.py), written
 #    to results/bench/hvp_<device>.json and .md.
 # Each phase stops at its own limit or when the budget runs out, whichever is first; whatever
@@ -53,9 +53,9 @@ TRAIN=(dataset=synthetic dataset.train_size=4096 dataset.test_size=512 model=res
 timeout -k 10 "$(limit 70)" bash -c '"$0" -m msam.train -m method=vanilla,sam,asam,rwsam "${@}" &&
   "$0" -m msam.train -m method=msam method.m=16 method.impl=loop,vmap "${@}"' "$PYTHON" "${TRAIN[@]}" 2>&1 | tail -n 18
 
-echo "== 4/6 msam-bench, loop, vmap and the floor (limit $(limit 150)s)"
+echo "== 4/6 msam-bench, loop, vmap, vmap_ascent and the floor (limit $(limit 150)s)"
 timeout -k 10 "$(limit 150)" "$PYTHON" -m msam.bench "name=gpu_bench_eager" "out=$WORK" \
-  models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[loop,vmap,floor] repeats=5 warmup=2 \
+  models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[loop,vmap,vmap_ascent,floor] repeats=5 warmup=2 \
   device=cuda 2>&1 | grep -v "^|" | tail -n 40
 
 echo "== 5/6 msam-bench, compile (limit $(limit 90)s)"

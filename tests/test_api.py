@@ -73,6 +73,15 @@ def train_api(model, m, rank=0, world=1, impl="loop"):
     return {k: v.clone() for k, v in (model.module if world > 1 else model).state_dict().items()}
 
 
+@pytest.mark.parametrize("impl", ["vmap", "vmap_ascent"])
+def test_each_api_implementation_trains_as_the_loop(impl):
+    loop = train_api(tiny_bn_net(), 4)
+    other = train_api(tiny_bn_net(), 4, impl=impl)
+    assert max((other[k] - loop[k]).abs().max().item() for k in loop) < 1e-10  # weights and BN buffers
+    assert type(msam.MSAM(tiny_bn_net(), m=4, impl=impl).method).__name__ == {"vmap": "SAMVmap",
+                                                                            "vmap_ascent": "SAMVmapAscent"}[impl]
+
+
 def ddp_worker(rank, port, impl, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     torch_dist.init_process_group("gloo")

@@ -29,8 +29,9 @@ def bn_dropout_net():
 
 def test_candidates_are_the_implementations_that_can_run():
     model = bn_dropout_net()
-    assert candidates(16, model, Precision()) == [Choice("loop"), Choice("vmap"), Choice("vmap", 4)]
-    assert candidates(4, model, Precision()) == [Choice("loop"), Choice("vmap")]
+    assert candidates(16, model, Precision()) == [Choice("loop"), Choice("vmap"), Choice("vmap", 4),
+                                                  Choice("vmap_ascent")]
+    assert candidates(4, model, Precision()) == [Choice("loop"), Choice("vmap"), Choice("vmap_ascent")]
     loop_only = [Choice("loop")]
     assert candidates(1, model, Precision()) == loop_only
     assert candidates(8, model, Precision(), dict_inputs=True) == loop_only  # token batches
@@ -38,6 +39,7 @@ def test_candidates_are_the_implementations_that_can_run():
     assert candidates(8, model, Precision(), reweighting=True) == loop_only  # RW-SAM
     assert candidates(8, model, Precision("cpu", torch.bfloat16)) == loop_only  # BatchNorm under CPU autocast
     assert Choice.from_label(Choice("vmap", 4).label) == Choice("vmap", 4)
+    assert Choice.from_label(Choice("vmap_ascent", 2).label) == Choice("vmap_ascent", 2)
     assert Choice.from_label("loop") == Choice("loop")
 
 
@@ -56,7 +58,7 @@ def test_tuning_leaves_weights_buffers_grads_and_random_streams_as_they_were():
     cfg = method_config("msam", 0.2, m=8)
     methods = {c: build_method(cfg, model=model, choice=c) for c in candidates(8, model, Precision())}
     choice, table = tune(methods, model, per_sample_ce, (x, y), steps=2, max_seconds=60, keep_within=1.3, ctx=dist.DistContext())
-    assert set(table) == {"loop", "vmap", "vmap(chunk_size=2)"} and choice in methods
+    assert set(table) == {"loop", "vmap", "vmap(chunk_size=2)", "vmap_ascent"} and choice in methods
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights and BN buffers
     assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
     assert torch.equal(torch.get_rng_state(), rng)  # dropout drew during tuning; the stream is back
@@ -85,7 +87,8 @@ def test_a_candidate_that_fails_is_dropped_but_a_failing_loop_is_an_error():
 
 
 def test_a_user_chunk_size_is_the_vmap_candidate():
-    assert candidates(16, nn.Linear(2, 2), Precision(), chunk_size=2) == [Choice("loop"), Choice("vmap", 2)]
+    assert candidates(16, nn.Linear(2, 2), Precision(), chunk_size=2) == [Choice("loop"), Choice("vmap", 2),
+                                                                          Choice("vmap_ascent", 2)]
 
 
 def test_the_fastest_is_chosen():
@@ -189,5 +192,5 @@ def test_a_resumed_run_keeps_the_choice_without_tuning_again(make_cfg, train_int
 
     monkeypatch.setattr(autotune, "tune", counting)
     summary = train_interrupted(make_cfg(*DIGITS), in_epoch=2)
-    assert calls == [3]  # loop, vmap, vmap in chunks: measured once, when the run started
-    assert summary["derived"]["method.impl"] in ("loop", "vmap", "vmap(chunk_size=2)")
+    assert calls == [4]  # loop, vmap, vmap in chunks, vmap_ascent: measured once, when the run started
+    assert summary["derived"]["method.impl"] in ("loop", "vmap", "vmap(chunk_size=2)", "vmap_ascent")

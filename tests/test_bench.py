@@ -62,8 +62,9 @@ def test_cli_writes_json_and_markdown(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     payload = json.loads((tmp_path / "smoke.json").read_text())
-    assert {r["impl"] for r in payload["rows"]} == {"vanilla", "sam", "rwsam", "loop", "vmap", "auto"}
-    assert payload["rows"][-1]["auto_choice"] in ("loop", "vmap")
+    assert {r["impl"] for r in payload["rows"]} == {"vanilla", "sam", "rwsam", "loop", "vmap", "vmap_ascent",
+                                                      "auto"}
+    assert payload["rows"][-1]["auto_choice"] in ("loop", "vmap", "vmap_ascent")
     assert set(payload["rows"][0]) >= {"model", "B", "m", "impl", "ms", "ratio_vs_sam", "ratio_vs_vanilla", "device"}
     assert (tmp_path / "smoke.md").read_text().startswith("# msam-bench `smoke`")
 

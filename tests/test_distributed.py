@@ -15,6 +15,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from msam import dist
 from msam.methods.msam_loop import SAMLoop
 from msam.methods.msam_vmap import SAMVmap
+from msam.methods.msam_vmap_ascent import SAMVmapAscent
 from msam.methods.reweight import GibbsReweighting
 
 WORLD = 2
@@ -64,6 +65,8 @@ def rwsam(m):
 def build_implementation(variant, m):
     if variant == "vmap":
         return SAMVmap(m=m, rho=0.3, eps=1e-12)
+    if variant == "vmap_ascent":
+        return SAMVmapAscent(m=m, rho=0.3, eps=1e-12)
     if variant == "rwsam":
         return rwsam(m)
     return SAMLoop(m=m, rho=0.3, eps=1e-12)
@@ -142,8 +145,9 @@ def test_ddp_msam_equals_single_process_msam_with_the_global_m(tmp_path, m_per_p
         assert max_diff(single, single_process(1)) > 1e-4  # m matters, so the check has teeth
 
 
-def test_ddp_with_the_vmap_implementation_equals_single_process_msam(tmp_path):
-    ddp, _ = run_ddp(tmp_path, 2, "vmap")
+@pytest.mark.parametrize("variant", ["vmap", "vmap_ascent"])
+def test_ddp_with_the_vmap_implementations_equals_single_process_msam(tmp_path, variant):
+    ddp, _ = run_ddp(tmp_path, 2, variant)
     assert max_diff(ddp, single_process(WORLD * 2)) < 1e-10
 
 

@@ -39,7 +39,8 @@ def test_the_report_collects_tests_training_and_bench(tmp_path):
     payload = json.loads((out / "gpu_test.json").read_text())
     assert payload["tests"]["passed"] == 3 and payload["tests"]["failed_tests"] == ["test_b"]
     assert [(r["method"], r["status"]) for r in payload["training"]] == [("sam", "finished")]
-    assert {r["impl"] for r in payload["bench"]["rows"]} == {"vanilla", "sam", "rwsam", "loop", "vmap", "auto"}
+    assert {r["impl"] for r in payload["bench"]["rows"]} == {"vanilla", "sam", "rwsam", "loop", "vmap", "vmap_ascent",
+                                                      "auto"}
     text = (out / "gpu_test.md").read_text()
     assert "3 passed, 1 failed, 1 skipped" in text and "- failed: `test_b`" in text
     assert "- `tests_compile` did not finish within its time limit" in text

@@ -190,6 +190,7 @@ def test_split_batch_handles_dict_inputs():
 # --- method.impl=vmap: the same direction and BatchNorm semantics as the loop ---------------
 
 from msam.methods.msam_vmap import SAMVmap  # noqa: E402
+from msam.methods.msam_vmap_ascent import SAMVmapAscent  # noqa: E402
 
 
 def tiny_cnn_bn():
@@ -206,12 +207,13 @@ def image_batch(n=16, seed=2):
 @pytest.mark.parametrize("m", [1, 2, 4, 8])
 @pytest.mark.parametrize("make", ["mlp", "bn_mlp", "cnn_bn"])
 @pytest.mark.parametrize("chunk_size", [None, 2])
-def test_vmap_gives_the_loops_direction_and_batchnorm_buffers(m, make, chunk_size):
+@pytest.mark.parametrize("vmapped", [SAMVmap, SAMVmapAscent], ids=["vmap", "vmap_ascent"])
+def test_vmap_gives_the_loops_direction_and_batchnorm_buffers(m, make, chunk_size, vmapped):
     model, data = {"mlp": (tiny_mlp, batch), "bn_mlp": (tiny_bn_net, batch), "cnn_bn": (tiny_cnn_bn, image_batch)}[make]
     model, data = model(), data()
     loop_model, vmap_model = copy.deepcopy(model).train(), copy.deepcopy(model).train()
     loop_loss, loop_logits = SAMLoop(m=m, rho=0.2, eps=EPS)(loop_model, per_sample_ce, data)
-    vmap_loss, vmap_logits = SAMVmap(m=m, rho=0.2, eps=EPS, chunk_size=chunk_size)(
+    vmap_loss, vmap_logits = vmapped(m=m, rho=0.2, eps=EPS, chunk_size=chunk_size)(
         vmap_model, per_sample_ce, data)
     assert max_diff([p.grad for p in vmap_model.parameters()], [p.grad for p in loop_model.parameters()]) < 1e-12
     assert max_diff(list(vmap_model.buffers()), list(loop_model.buffers())) < 1e-12 if list(model.buffers()) else True

@@ -19,6 +19,7 @@ METHODS = [
     ("sam", "sam", {}, 0.5),
     ("msam-loop", "msam", {"m": 4, "impl": "loop"}, 0.5),
     ("msam-vmap", "msam", {"m": 4, "impl": "vmap"}, 0.5),
+    ("msam-vmap_ascent", "msam", {"m": 4, "impl": "vmap_ascent"}, 0.5),
     ("asam", "asam", {}, 4.0),
     ("usam", "sam", {"normalize": False}, 0.5),
     ("m-usam", "msam", {"m": 4, "normalize": False, "impl": "loop"}, 0.5),

@@ -10,6 +10,7 @@ from torch.func import functional_call, jacrev
 from msam.methods.batchnorm import running_stats_frozen
 from msam.methods.msam_loop import SAMLoop
 from msam.methods.msam_vmap import SAMVmap
+from msam.methods.msam_vmap_ascent import SAMVmapAscent
 from msam.methods.reweight import GibbsReweighting, rng_state
 from msam.methods.vanilla import Vanilla
 from test_methods import EPS, batch, direct_msam, direction, max_diff, per_sample_ce, tiny_bn_net, tiny_mlp
@@ -28,7 +29,8 @@ def rwsam(m=1, rho=0.2, **options):
     lambda: SAMLoop(m=4, rho=0.0, eps=EPS, normalize=False),
     lambda: SAMVmap(m=4, rho=0.0, eps=EPS, adaptive=True),
     lambda: SAMVmap(m=4, rho=0.0, eps=EPS, normalize=False),
-], ids=["rwsam", "rwsam-m4", "asam", "asam-m4", "musam-m4", "asam-vmap", "musam-vmap"])
+    lambda: SAMVmapAscent(m=4, rho=0.0, eps=EPS),
+], ids=["rwsam", "rwsam-m4", "asam", "asam-m4", "musam-m4", "asam-vmap", "musam-vmap", "msam-vmap_ascent"])
 def test_rho_zero_gives_vanilla(make_method):
     method = make_method()
     # with BatchNorm, micro-batches normalise with their own statistics: vanilla only for m = 1
@@ -69,10 +71,11 @@ def test_unnormalized_msam_on_a_quadratic_matches_its_formula(m):
 @pytest.mark.parametrize("options", [{"adaptive": True, "eta": 0.05}, {"normalize": False},
                                      {"adaptive": True, "normalize": False}], ids=["asam", "usam", "uasam"])
 @pytest.mark.parametrize("make_model", [tiny_mlp, tiny_bn_net])
-def test_vmap_and_loop_agree_for_the_variants(options, make_model):
+@pytest.mark.parametrize("vmap_impl", [SAMVmap, SAMVmapAscent], ids=["vmap", "vmap_ascent"])
+def test_vmap_and_loop_agree_for_the_variants(options, make_model, vmap_impl):
     model, data = make_model(), batch()
     loop = direction(SAMLoop(m=4, rho=0.3, eps=EPS, **options), model, data)
-    vmapped = direction(SAMVmap(m=4, rho=0.3, eps=EPS, **options), model, data)
+    vmapped = direction(vmap_impl(m=4, rho=0.3, eps=EPS, **options), model, data)
     assert max_diff(loop, vmapped) < 1e-10
     assert max_diff(loop, direct_msam(model, data, 4, 0.3)) > 1e-4  # the variant changes the direction
 

@@ -21,8 +21,9 @@ mean loss and the logits, detached; clipping, weight decay and the step stay you
   micro-batches and perturbs with them; only the final direction is all-reduced, and BatchNorm
   running statistics are averaged across processes after the call. K processes with m each
   equal one process with m * K on the whole batch.
-- impl: "loop", "vmap" (torch.func: all micro-batches at once) or "auto" (both timed on your
-  first batch, state and random streams restored, the faster kept: see `.implementation`).
+- impl: "loop", "vmap" (torch.func: all micro-batches at once), "vmap_ascent" (vmap's ascent,
+  the loop's descent) or "auto" (the candidates timed on your first batch, state and random
+  streams restored, the fastest kept: see `.implementation`).
 - The DDP model's default process group is the one used (subgroups are not supported).
 """
 
@@ -35,6 +36,7 @@ from msam.methods.autotune import Choice, choose, vmap_refused
 from msam.methods.batch import batch_size_of
 from msam.methods.msam_loop import DESCENT_LOSSES, SAMLoop
 from msam.methods.msam_vmap import SAMVmap
+from msam.methods.msam_vmap_ascent import SAMVmapAscent
 from msam.methods.reweight import GibbsReweighting
 from msam.precision import Precision
 
@@ -58,8 +60,8 @@ class MSAM:
             raise UsageError(f"m must be an integer >= 1, got {m!r}")
         if not rho >= 0:
             raise UsageError(f"rho must be >= 0, got {rho!r}")
-        if impl not in ("loop", "vmap", "auto"):
-            raise UsageError(f"impl must be loop, vmap or auto, got {impl!r}")
+        if impl not in ("loop", "vmap", "vmap_ascent", "auto"):
+            raise UsageError(f"impl must be loop, vmap, vmap_ascent or auto, got {impl!r}")
         if descent_loss not in DESCENT_LOSSES:
             raise UsageError(f"descent_loss must be one of {', '.join(DESCENT_LOSSES)}, got {descent_loss!r}")
         if grad_scaler is not None and not grad_scaler.is_enabled():
@@ -73,9 +75,9 @@ class MSAM:
         device = params[0].device
         self.model, self.m = model, m
         self.precision = Precision(device.type, autocast_dtype, grad_scaler)
-        if impl == "vmap":
+        if impl in ("vmap", "vmap_ascent"):
             if reweighting is not None:
-                raise UsageError("RW-SAM's reweighting runs with impl='loop' (or 'auto')")
+                raise UsageError(f"RW-SAM's reweighting runs with impl='loop' (or 'auto'), not {impl!r}")
             reason = vmap_refused(dist.unwrap(model), self.precision)
             if reason is not None:
                 raise UsageError(reason.replace("method.impl", "impl"))
@@ -89,6 +91,8 @@ class MSAM:
         self.implementation = None if impl == "auto" else Choice(impl, chunk_size).label
 
     def _build(self, choice: Choice):
+        if choice.impl == "vmap_ascent":
+            return SAMVmapAscent(chunk_size=choice.chunk_size, name="msam", precision=self.precision, **self.options)
         if choice.impl == "vmap":
             return SAMVmap(chunk_size=choice.chunk_size, name="msam", precision=self.precision, **self.options)
         return SAMLoop(name="rwsam" if self.reweighting else "msam", reweighting=self.reweighting,

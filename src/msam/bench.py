@@ -32,7 +32,7 @@ from msam.runs import device_description, write_atomic
 from msam.train import CONF_DIR
 
 PROG = "msam-bench"
-IMPLS = ("loop", "vmap", "auto", "compile", "floor")
+IMPLS = ("loop", "vmap", "vmap_ascent", "auto", "compile", "floor")
 BASELINES = ("vanilla", "sam", "rwsam")
 
 

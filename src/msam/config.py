@@ -15,7 +15,7 @@ from msam.cli import config_key_message
 from msam.data import GLUE_TASKS, check_data, input_side
 from msam.domains import check_domains
 from msam.errors import ConfigError
-from msam.methods import MSAM_IMPLEMENTATIONS, RWSAM_IMPLEMENTATIONS
+from msam.methods import MSAM_IMPLEMENTATIONS, RWSAM_IMPLEMENTATIONS, VMAP_IMPLEMENTATIONS
 from msam.models import check_input_size, check_model
 from msam.schedule import schedule_steps
 
@@ -61,8 +61,8 @@ def check_pairing(cfg: DictConfig) -> None:
     require(text_data == text_model, f"dataset={cfg.dataset.name} does not go with model={cfg.model.name}: GLUE tasks "
             f"({', '.join(GLUE_TASKS)}) take a transformers model (model=roberta_base), image data sets the others")
     for method in (cfg.method, cfg.switch.then):
-        require(not (text_data and method is not None and method.name == "msam" and method.impl == "vmap"),
-                "method.impl=vmap takes image tensors; GLUE batches (token dicts) run with impl=loop")
+        require(not (text_data and method is not None and method.name == "msam" and method.impl in VMAP_IMPLEMENTATIONS),
+                "method.impl=vmap and vmap_ascent take image tensors; GLUE batches (token dicts) run with impl=loop")
 
 
 def check_images(cfg: DictConfig) -> None:
@@ -94,8 +94,8 @@ def check_compile(cfg: DictConfig) -> None:
             continue
         require(method.name != "rwsam", "compile.enabled=true does not combine with method=rwsam (its probe "
                 "calls the model with swapped parameters); turn one off")
-        require(not (method.name == "msam" and method.impl == "vmap"),
-                "compile.enabled=true does not combine with method.impl=vmap (torch.func over a compiled "
+        require(not (method.name == "msam" and method.impl in VMAP_IMPLEMENTATIONS),
+                f"compile.enabled=true does not combine with method.impl={method.impl} (torch.func over a compiled "
                 "module); use impl=loop")
     from torch._dynamo import list_backends
 

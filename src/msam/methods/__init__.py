@@ -9,13 +9,15 @@ from msam.methods.autotune import Choice, vmap_refused
 from msam.methods.base import Method
 from msam.methods.msam_loop import DESCENT_LOSSES, SAMLoop
 from msam.methods.msam_vmap import SAMVmap
+from msam.methods.msam_vmap_ascent import SAMVmapAscent
 from msam.methods.reweight import NORM_SCALES, PROBE_BN_MODES, GibbsReweighting
 from msam.methods.vanilla import Vanilla
 from msam.precision import FP32, Precision
 
 METHOD_NAMES = ("vanilla", "sam", "msam", "asam", "rwsam")
 PERTURBED = ("sam", "msam", "asam", "rwsam")  # methods with an ascent step e(g)
-MSAM_IMPLEMENTATIONS = ("loop", "vmap", "auto")  # auto: measured at the start of a run (autotune.py)
+MSAM_IMPLEMENTATIONS = ("loop", "vmap", "vmap_ascent", "auto")  # auto: measured at the start of a run (autotune.py)
+VMAP_IMPLEMENTATIONS = ("vmap", "vmap_ascent")  # torch.func: tensor inputs, no torch.compile
 RWSAM_IMPLEMENTATIONS = ("loop", "auto")  # RW-SAM's probe runs in the loop; auto is the loop
 
 
@@ -64,8 +66,9 @@ def build_method(cfg: DictConfig, processes: int = 1, model=None, precision: Pre
         choice = choice or Choice(cfg.impl, cfg.get("chunk_size"))
         if choice.impl == "loop":
             return SAMLoop(**common)
-        if choice.impl == "vmap":
+        if choice.impl in VMAP_IMPLEMENTATIONS:
             check_vmap_precision(model, precision)
-            return SAMVmap(**common, chunk_size=choice.chunk_size)
+            vmapped = SAMVmap if choice.impl == "vmap" else SAMVmapAscent
+            return vmapped(**common, chunk_size=choice.chunk_size)
         raise ConfigError(f"unknown method.impl '{cfg.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
     raise ConfigError(f"unknown method '{cfg.name}'; valid: {', '.join(METHOD_NAMES)}")

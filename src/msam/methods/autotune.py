@@ -1,7 +1,7 @@
 """method.impl=auto: time the implementations that compute the same direction on the run's own
 model, batch and device, and keep the fastest.
 
-Which of the loop and vmap wins depends on the model, the micro-batch size and the device (the
+Which of the loop, vmap and vmap_ascent wins depends on the model, the micro-batch size and the device (the
 loop wins for ResNet-18 at B = 128 on a 2-core CPU, vmap for the small CNN on digits): a rule
 cannot know, a measurement of a few steps does. The tuning leaves no trace: weights, BatchNorm
 buffers, .grad and the random streams are restored afterwards and the optimizer is not touched,
@@ -29,7 +29,7 @@ log = logging.getLogger("msam")
 
 @dataclass(frozen=True)
 class Choice:
-    """One implementation: the loop, or vmap with an optional chunk size."""
+    """One implementation: the loop, or vmap / vmap_ascent with an optional chunk size."""
 
     impl: str
     chunk_size: int | None = None
@@ -56,19 +56,19 @@ def vmap_refused(model, precision) -> str | None:
 
 def candidates(m: int, model, precision, *, dict_inputs: bool = False, compiled: bool = False,
                reweighting: bool = False, chunk_size: int | None = None) -> list[Choice]:
-    """The implementations that can run this configuration. vmap needs tensor inputs, an
-    uncompiled model and no reweighting (RW-SAM's probe runs in the loop only). A chunk_size the
-    user set is the only vmap variant tried (it bounds memory); otherwise all m at once and, for
-    m >= 8, a quarter of them at a time."""
+    """The implementations that can run this configuration. vmap and vmap_ascent (vmap's ascent,
+    the loop's descent) need tensor inputs, an uncompiled model and no reweighting (RW-SAM's probe
+    runs in the loop only). A chunk_size the user set is the only chunking tried (it bounds memory);
+    otherwise vmap runs all m at once and, for m >= 8, a quarter of them at a time."""
     choices = [Choice("loop")]
     if m == 1 or dict_inputs or compiled or reweighting or vmap_refused(model, precision):
         return choices
     if chunk_size is not None:
-        return choices + [Choice("vmap", chunk_size)]
+        return choices + [Choice("vmap", chunk_size), Choice("vmap_ascent", chunk_size)]
     choices.append(Choice("vmap"))
     if m >= 8:
         choices.append(Choice("vmap", m // 4))
-    return choices
+    return choices + [Choice("vmap_ascent")]
 
 
 def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, max_seconds: float,

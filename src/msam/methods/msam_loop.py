@@ -48,6 +48,18 @@ def gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tens
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
+def descent_pass(model, loss_fn, inputs, targets, precision: Precision, m: int, last: bool,
+                 weights: torch.Tensor | None = None) -> None:
+    """One micro-batch's descent gradient at the perturbed weights the model holds, added to .grad
+    as d_j / m (times S under fp16). The loss is the mean, or sum_i p_i f_i given RW-SAM's weights.
+    The running statistics stay untouched; under DDP only the last pass all-reduces."""
+    with nullcontext() if last else no_sync(model), running_stats_frozen(model):
+        with precision.forward():  # a fresh autocast region: casts of the perturbed weights
+            perturbed, _ = forward_per_sample(model, loss_fn, inputs, targets)
+        descent = perturbed.mean() if weights is None else (weights * perturbed).sum()
+        precision.scale(descent / m).backward()  # .grad accumulates mean_j d_j (times S)
+
+
 class SAMLoop:
     """One step of any SAM-family method (SAM, mSAM, ASAM, unnormalized SAM, RW-SAM), one
     micro-batch after another; m = 1 is plain SAM."""
@@ -97,12 +109,8 @@ class SAMLoop:
 
             self.perturbation.ascend_(params, grads)
             weights_changed()
-            last = j == len(micro_batches) - 1
-            with nullcontext() if last else no_sync(model), running_stats_frozen(model):
-                with self.precision.forward():  # a fresh autocast region: casts of the perturbed weights
-                    perturbed, _ = forward_per_sample(model, loss_fn, inputs, targets)
-                descent = (weights * perturbed).sum() if self.descent_loss == "weighted" else perturbed.mean()
-                self.precision.scale(descent / self.m).backward()  # .grad accumulates mean_j d_j (times S)
+            descent_pass(model, loss_fn, inputs, targets, self.precision, self.m, last=j == len(micro_batches) - 1,
+                         weights=weights if self.descent_loss == "weighted" else None)
             self.snapshot.restore(params)
             weights_changed()
         self.bn_stats.end_step()

@@ -60,7 +60,22 @@ class SAMVmap:
             return self._step(model, network, loss_fn, inputs, targets)
 
     def _step(self, model, network, loss_fn, inputs, targets):
-        names = [n for n, p in network.named_parameters() if p.requires_grad]
+        ascent = self.ascent(network, loss_fn, inputs, targets)
+        perturbed = self.perturbation.stacked(ascent.params, ascent.grads, self.m)
+        directions, _ = vmap(ascent.step, in_dims=(0, 0, 0, 0), randomness="different",
+                             chunk_size=self.chunk_size)(perturbed, ascent.fresh_stats(), ascent.xs, ascent.ys)
+        with torch.no_grad():
+            for n, p in network.named_parameters():
+                if p.requires_grad:
+                    p.grad = directions[n].mean(0)
+            if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+                dist.all_reduce_mean_([network.get_parameter(n).grad for n in ascent.params])
+        ascent.write_running_stats()
+        return ascent.losses.mean().detach(), ascent.logits.reshape(-1, *ascent.logits.shape[2:]).detach()
+
+    def ascent(self, network, loss_fn, inputs, targets) -> "VmappedAscent":
+        """The m micro-batch gradients g_j at the shared weights in one vmapped call (unscaled under
+        fp16), each micro-batch's BatchNorm update made from the same start."""
         params = {n: p.detach() for n, p in network.named_parameters() if p.requires_grad}
         frozen = {n: p.detach() for n, p in network.named_parameters() if not p.requires_grad}
         stat_names = running_stat_names(network)
@@ -68,7 +83,6 @@ class SAMVmap:
         shared = {**frozen, **{n: b for n, b in buffers.items() if n not in stat_names}}
         m = self.m
         xs, ys = to_micro_batches(inputs, m), to_micro_batches(targets, m)
-
         precision = self.precision
 
         def loss_at(trainable, stats, x, y):  # (the loss to differentiate: scaled under fp16, (loss, logits))
@@ -77,24 +91,34 @@ class SAMVmap:
                 loss = loss_fn(logits, y).mean()
             return precision.scale(loss), (loss, logits)
 
-        def stacked_stats():
-            return {n: buffers[n].unsqueeze(0).repeat(m, *[1] * buffers[n].dim()) for n in stat_names}
+        ascent = VmappedAscent(params, buffers, stat_names, xs, ys, grad_and_value(loss_at, has_aux=True))
+        ascent.stats = ascent.fresh_stats()
+        ascent.grads, (_, (ascent.losses, ascent.logits)) = vmap(
+            ascent.step, in_dims=(None, 0, 0, 0), randomness="different",
+            chunk_size=self.chunk_size)(params, ascent.stats, xs, ys)
+        precision.unscale_(list(ascent.grads.values()))  # fp16: e_j is built from g_j, not from S g_j
+        return ascent
 
-        step = grad_and_value(loss_at, has_aux=True)
-        ascent_stats = stacked_stats()
-        grads, (_, (losses, logits)) = vmap(step, in_dims=(None, 0, 0, 0), randomness="different",
-                                       chunk_size=self.chunk_size)(params, ascent_stats, xs, ys)
-        precision.unscale_(list(grads.values()))  # fp16: e_j is built from g_j, not from S g_j
-        perturbed = self.perturbation.stacked(params, grads, m)
-        directions, _ = vmap(step, in_dims=(0, 0, 0, 0), randomness="different",
-                             chunk_size=self.chunk_size)(perturbed, stacked_stats(), xs, ys)
-        with torch.no_grad():
-            for n, p in network.named_parameters():
-                if p.requires_grad:
-                    p.grad = directions[n].mean(0)
-            if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-                dist.all_reduce_mean_([network.get_parameter(n).grad for n in names])
-            for n in stat_names:  # the mean of the m ascent updates; num_batches_tracked counts one step
-                stat = ascent_stats[n]
-                buffers[n].copy_(stat[0] if n.endswith("num_batches_tracked") else stat.mean(0))
-        return losses.mean().detach(), logits.reshape(-1, *logits.shape[2:]).detach()
+
+class VmappedAscent:
+    """What the vmapped ascent leaves for the descent: the weights, the stacked gradients g_j, the
+    micro-batches, the per-micro-batch losses and logits, and the m BatchNorm updates."""
+
+    def __init__(self, params, buffers, stat_names, xs, ys, step) -> None:
+        self.params, self.buffers, self.stat_names, self.xs, self.ys, self.step = (
+            params, buffers, stat_names, xs, ys, step)
+        self.stats: dict = {}
+        self.grads: dict = {}
+        self.losses = self.logits = None
+
+    def fresh_stats(self) -> dict:
+        """m stacked copies of the running statistics (the descent's are thrown away)."""
+        m = self.xs.shape[0]
+        return {n: self.buffers[n].unsqueeze(0).repeat(m, *[1] * self.buffers[n].dim()) for n in self.stat_names}
+
+    @torch.no_grad()
+    def write_running_stats(self) -> None:
+        """The mean of the m ascent updates; num_batches_tracked counts one step."""
+        for n in self.stat_names:
+            stat = self.stats[n]
+            self.buffers[n].copy_(stat[0] if n.endswith("num_batches_tracked") else stat.mean(0))
