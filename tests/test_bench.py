@@ -85,8 +85,37 @@ def test_the_floor_is_one_pass_over_the_batch_and_m_over_its_micro_batches():
 def test_the_ascent_script_times_full_loop_and_vmap():
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_ascent.py"
     result = subprocess.run([sys.executable, str(script), "--model", "small_cnn", "--batch", "8", "--m", "2",
-                             "--repeats", "1", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+                             "--repeats", "1", "--device", "cpu", "--one-pass"], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("small_cnn, B = 8, m = 2, cpu")
-    assert [line.split()[0] for line in lines[1:]] == ["full", "loop", "vmap"] and "1.00x full" in lines[1]
+    assert [line.split()[0] for line in lines[1:]] == ["full", "loop", "vmap", "one_pass"] and "1.00x full" in lines[1]
+
+
+def load_bench_ascent():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_ascent.py"
+    spec = importlib.util.spec_from_file_location("bench_ascent", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_one_pass_ascent_gives_the_loops_micro_batch_gradients():
+    """The measured route must compute what the loop's ascent computes (float64, BatchNorm CNN)."""
+    from msam.bench import bench_model
+
+    bench_ascent = load_bench_ascent()
+    torch.manual_seed(0)
+    model = bench_model("small_cnn", 10, 8, 1).double().train()
+    x, y = torch.randn(12, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
+    params = list(model.parameters())
+    loop = [torch.autograd.grad(torch.nn.functional.cross_entropy(model(xs), ys), params)
+            for xs, ys in zip(x.chunk(3), y.chunk(3))]
+    got = bench_ascent.one_pass_gradients(model, x, y, 3)
+    assert len(got) == len(params) and all(g.shape == (3, *p.shape) for g, p in zip(got, params))
+    assert max((got[i][j] - loop[j][i]).abs().max().item() for i in range(len(params)) for j in range(3)) < 1e-12
+    assert max((loop[0][i] - loop[1][i]).abs().max().item() for i in range(len(params))) > 1e-3  # j matters
+    assert all("forward" not in vars(module) for module in model.modules())  # the layers' own forwards again
