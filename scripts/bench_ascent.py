@@ -164,7 +164,7 @@ def main() -> None:
           f"(median of {args.repeats})")
     reference = statistics.median(times["full"])
     for name, values in times.items():
-        print(f"  {name:5s} {statistics.median(values):8.0f}  {statistics.median(values) / reference:.2f}x full")
+        print(f"  {name:8s} {statistics.median(values):8.0f}  {statistics.median(values) / reference:.2f}x full")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ micro-batch gradients g_j at the same weights w: vmap runs them as one call whos
 whole batch (weights shared, as in a full-batch pass). The descent evaluates d_j at m different
 weight sets w + e_j: vmap has to run those as batched matrix products and grouped convolutions,
 the loop as m ordinary passes over B/m samples. On a 2-core CPU, for the small ViT at B = 128,
-m = 32, vmap's ascent costs 1.16x one full-batch pass against the loop's 1.38x, while vmap's
-descent is the slowest of the three (docs/performance.md); for ResNet-18 the loop's ascent wins.
-This implementation takes vmap's ascent and the loop's descent, so impl=auto can measure it too.
+m = 32, vmap's ascent measured 1.16x one full-batch pass against the loop's 1.38x; for ResNet-18
+the loop's ascent was the cheaper one (docs/performance.md). Which half is cheaper under vmap
+moves with the model, the day and the device, so this implementation (vmap's ascent, the loop's
+descent) is one more candidate that impl=auto measures.
 
 The direction, the BatchNorm rule (batchnorm.py) and the mixed-precision rules are those of the
 two halves: the ascent is SAMVmap.ascent (each micro-batch's running-statistics update from the
