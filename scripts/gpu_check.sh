@@ -51,7 +51,7 @@ echo "== 3/6 one short bf16 training per method (limit $(limit 70)s)"
 TRAIN=(dataset=synthetic dataset.train_size=4096 dataset.test_size=512 model=resnet18 batch_size=128 epochs=2
        precision=bf16 device=cuda log_every_steps=0 "paths.runs=$WORK/runs")
 timeout -k 10 "$(limit 70)" bash -c '"$0" -m msam.train -m method=vanilla,sam,asam,rwsam "${@}" &&
-  "$0" -m msam.train -m method=msam method.m=16 method.impl=loop,vmap "${@}"' "$PYTHON" "${TRAIN[@]}" 2>&1 | tail -n 18
+  "$0" -m msam.train -m method=msam method.m=16 method.impl=loop,vmap,vmap_ascent "${@}"' "$PYTHON" "${TRAIN[@]}" 2>&1 | tail -n 18
 
 echo "== 4/6 msam-bench, loop, vmap, vmap_ascent and the floor (limit $(limit 150)s)"
 timeout -k 10 "$(limit 150)" "$PYTHON" -m msam.bench "name=gpu_bench_eager" "out=$WORK" \

@@ -103,14 +103,15 @@ def load_bench_ascent():
     return module
 
 
-def test_the_one_pass_ascent_gives_the_loops_micro_batch_gradients():
-    """The measured route must compute what the loop's ascent computes (float64, BatchNorm CNN)."""
+@pytest.mark.parametrize("name, channels", [("small_cnn", 1), ("resnet18", 3)])  # resnet18: strides, 1x1 shortcuts
+def test_the_one_pass_ascent_gives_the_loops_micro_batch_gradients(name, channels):
+    """The measured route must compute what the loop's ascent computes (float64, BatchNorm CNNs)."""
     from msam.bench import bench_model
 
     bench_ascent = load_bench_ascent()
     torch.manual_seed(0)
-    model = bench_model("small_cnn", 10, 8, 1).double().train()
-    x, y = torch.randn(12, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
+    model = bench_model(name, 10, 8, channels).double().train()
+    x, y = torch.randn(12, channels, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
     params = list(model.parameters())
     loop = [torch.autograd.grad(torch.nn.functional.cross_entropy(model(xs), ys), params)
             for xs, ys in zip(x.chunk(3), y.chunk(3))]

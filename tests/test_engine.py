@@ -96,9 +96,10 @@ def test_bf16_autocast_trains(make_cfg):
     assert summary["status"] == "finished" and summary["test_acc"] > 20
 
 
-def test_the_vmap_implementation_trains_like_the_loop(make_cfg, tmp_path):
+@pytest.mark.parametrize("impl", ["vmap", "vmap_ascent"])
+def test_the_vmap_implementations_train_like_the_loop(make_cfg, tmp_path, impl):
     loop = make_cfg("method=msam", "method.m=4", "method.impl=loop", "epochs=1")
-    vmap = make_cfg("method=msam", "method.m=4", "method.impl=vmap", "method.chunk_size=2", "epochs=1")
+    vmap = make_cfg("method=msam", "method.m=4", f"method.impl={impl}", "method.chunk_size=2", "epochs=1")
     assert abs(engine.train(loop)["train_loss"] - engine.train(vmap)["train_loss"]) < 1e-4
 
 
@@ -158,7 +159,8 @@ def test_channels_last_gives_the_same_training(make_cfg):
     assert_same_model(plain, nhwc)
 
 
-@pytest.mark.parametrize("method", [("method=rwsam",), ("method=msam", "method.impl=vmap")])
+@pytest.mark.parametrize("method", [("method=rwsam",), ("method=msam", "method.impl=vmap"),
+                                    ("method=msam", "method.impl=vmap_ascent")])
 def test_compile_refuses_the_methods_that_swap_parameters(make_cfg, method):
     from msam.config import check_config
     from msam.errors import ConfigError

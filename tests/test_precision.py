@@ -20,6 +20,8 @@ METHODS = [
     ("msam-loop", "msam", {"m": 4, "impl": "loop"}, 0.5),
     ("msam-vmap", "msam", {"m": 4, "impl": "vmap"}, 0.5),
     ("msam-vmap_ascent", "msam", {"m": 4, "impl": "vmap_ascent"}, 0.5),
+    ("m-usam-vmap", "msam", {"m": 4, "normalize": False, "impl": "vmap"}, 0.5),
+    ("m-usam-vmap_ascent", "msam", {"m": 4, "normalize": False, "impl": "vmap_ascent"}, 0.5),
     ("asam", "asam", {}, 4.0),
     ("usam", "sam", {"normalize": False}, 0.5),
     ("m-usam", "msam", {"m": 4, "normalize": False, "impl": "loop"}, 0.5),
@@ -91,10 +93,13 @@ def test_direction_under_autocast_is_fp32_s_and_as_far_from_vanilla(dtype, label
     assert abs((mixed - mixed_vanilla).norm() - gap) < tolerance
 
 
-def test_unnormalized_perturbation_does_not_depend_on_the_fp16_loss_scale():
+@pytest.mark.parametrize("name,overrides", [("sam", {}), ("msam", {"m": 4, "impl": "loop"}),
+                                            ("msam", {"m": 4, "impl": "vmap"}), ("msam", {"m": 4, "impl": "vmap_ascent"})],
+                         ids=["sam", "msam-loop", "msam-vmap", "msam-vmap_ascent"])
+def test_unnormalized_perturbation_does_not_depend_on_the_fp16_loss_scale(name, overrides):
     """USAM's e = rho g: with the ascent gradient left scaled it would be rho S g."""
-    small = direction("sam", {"normalize": False}, 0.5, precision("fp16", scale=2.0**4))
-    large = direction("sam", {"normalize": False}, 0.5, precision("fp16", scale=2.0**12))
+    small = direction(name, {"normalize": False, **overrides}, 0.5, precision("fp16", scale=2.0**4))
+    large = direction(name, {"normalize": False, **overrides}, 0.5, precision("fp16", scale=2.0**12))
     assert (small - large).norm() / small.norm() < TOLERANCE["fp16"]
 
 

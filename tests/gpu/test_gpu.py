@@ -67,7 +67,7 @@ def step(model, method, batch, prec=None):
     return torch.cat([g.double().cpu().flatten() for g in grads]), buffers
 
 
-@pytest.mark.parametrize("impl", ["loop", "vmap"])
+@pytest.mark.parametrize("impl", ["loop", "vmap", "vmap_ascent"])
 def test_msam_direction_on_cuda_equals_the_cpu_float64_reference(device, impl):
     cfg = method_config("msam", 0.3, m=4, impl=impl)
     cpu = step(bn_cnn().double(), build_method(cfg), image_batch(dtype=torch.float64))
@@ -78,7 +78,7 @@ def test_msam_direction_on_cuda_equals_the_cpu_float64_reference(device, impl):
 
 
 METHODS = [("vanilla", {}, 0.0), ("sam", {}, 0.5), ("msam", {"m": 4, "impl": "loop"}, 0.5),
-           ("msam", {"m": 4, "impl": "vmap"}, 0.5), ("asam", {}, 4.0), ("sam", {"normalize": False}, 0.5),
+           ("msam", {"m": 4, "impl": "vmap"}, 0.5), ("msam", {"m": 4, "impl": "vmap_ascent"}, 0.5), ("asam", {}, 4.0), ("sam", {"normalize": False}, 0.5),
            ("rwsam", {"lambda": 2.0}, 0.5), ("rwsam", {"lambda": 0.5, "norm_scale": "absolute"}, 0.5)]
 TOLERANCE = {"bf16": 0.05, "fp16": 0.01}
 
@@ -155,7 +155,8 @@ def test_sharpness_on_cuda_equals_the_cpu(device):
 
 
 @pytest.mark.parametrize("method", ["method=vanilla", "method=sam", "method=msam method.m=4",
-                                    "method=msam method.m=4 method.impl=vmap", "method=asam", "method=rwsam"])
+                                    "method=msam method.m=4 method.impl=vmap",
+                                    "method=msam method.m=4 method.impl=vmap_ascent", "method=asam", "method=rwsam"])
 def test_a_short_bf16_run_of_each_method(make_cfg, device, method):
     if device.type == "cpu" and "vmap" in method:
         pytest.skip("vmap with BatchNorm under CPU autocast is refused (msam.methods.check_vmap_precision)")
