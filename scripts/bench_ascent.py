@@ -1,7 +1,7 @@
 """Could mSAM's ascent (the m micro-batch gradients at the shared weights) cost one full-batch pass?
 
     .venv/bin/python scripts/bench_ascent.py                        # ResNet-18, B = 128, m = 32
-    .venv/bin/python scripts/bench_ascent.py --model vit_small --m 32 --repeats 5
+    .venv/bin/python scripts/bench_ascent.py --model vit_small --m 32 --repeats 3
     .venv/bin/python scripts/bench_ascent.py --one-pass              # and the one-pass route (CNNs)
 
 The `floor` row of msam-bench counts the ascent at one forward+backward over the whole batch. This

@@ -22,8 +22,9 @@ mean loss and the logits, detached; clipping, weight decay and the step stay you
   running statistics are averaged across processes after the call. K processes with m each
   equal one process with m * K on the whole batch.
 - impl: "loop", "vmap" (torch.func: all micro-batches at once), "vmap_ascent" (vmap's ascent,
-  the loop's descent) or "auto" (the candidates timed on your first batch, state and random
-  streams restored, the fastest kept: see `.implementation`).
+  the loop's descent; it holds the m ascent gradients, m times the weights, whatever chunk_size)
+  or "auto" (the candidates timed on your first batch, state and random streams restored, the
+  fastest kept: see `.implementation`).
 - The DDP model's default process group is the one used (subgroups are not supported).
 """
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from msam import dist
+from msam.methods import MSAM_IMPLEMENTATIONS, VMAP_IMPLEMENTATIONS
 from msam.methods.autotune import Choice, choose, vmap_refused
 from msam.methods.batch import batch_size_of
 from msam.methods.msam_loop import DESCENT_LOSSES, SAMLoop
@@ -60,8 +62,8 @@ class MSAM:
             raise UsageError(f"m must be an integer >= 1, got {m!r}")
         if not rho >= 0:
             raise UsageError(f"rho must be >= 0, got {rho!r}")
-        if impl not in ("loop", "vmap", "vmap_ascent", "auto"):
-            raise UsageError(f"impl must be loop, vmap, vmap_ascent or auto, got {impl!r}")
+        if impl not in MSAM_IMPLEMENTATIONS:
+            raise UsageError(f"impl must be one of {', '.join(MSAM_IMPLEMENTATIONS)}, got {impl!r}")
         if descent_loss not in DESCENT_LOSSES:
             raise UsageError(f"descent_loss must be one of {', '.join(DESCENT_LOSSES)}, got {descent_loss!r}")
         if grad_scaler is not None and not grad_scaler.is_enabled():
@@ -75,7 +77,7 @@ class MSAM:
         device = params[0].device
         self.model, self.m = model, m
         self.precision = Precision(device.type, autocast_dtype, grad_scaler)
-        if impl in ("vmap", "vmap_ascent"):
+        if impl in VMAP_IMPLEMENTATIONS:
             if reweighting is not None:
                 raise UsageError(f"RW-SAM's reweighting runs with impl='loop' (or 'auto'), not {impl!r}")
             reason = vmap_refused(dist.unwrap(model), self.precision)
@@ -91,10 +93,9 @@ class MSAM:
         self.implementation = None if impl == "auto" else Choice(impl, chunk_size).label
 
     def _build(self, choice: Choice):
-        if choice.impl == "vmap_ascent":
-            return SAMVmapAscent(chunk_size=choice.chunk_size, name="msam", precision=self.precision, **self.options)
-        if choice.impl == "vmap":
-            return SAMVmap(chunk_size=choice.chunk_size, name="msam", precision=self.precision, **self.options)
+        if choice.impl in VMAP_IMPLEMENTATIONS:
+            vmapped = SAMVmap if choice.impl == "vmap" else SAMVmapAscent
+            return vmapped(chunk_size=choice.chunk_size, name="msam", precision=self.precision, **self.options)
         return SAMLoop(name="rwsam" if self.reweighting else "msam", reweighting=self.reweighting,
                                  descent_loss=self.descent_loss, precision=self.precision, **self.options)
 

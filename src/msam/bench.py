@@ -3,7 +3,7 @@ to vanilla and SAM measured in the same process (a Hydra app over conf/bench.yam
 
 Each row: model, B, m, impl, median ms per step, spread (min-max), peak GPU memory (CUDA only),
 ratio to SAM and to vanilla of the same model and B. Steps of all methods are interleaved
-(vanilla, SAM, loop, vmap, vanilla, ...) so drifting machine load hits them alike.
+(vanilla, SAM, loop, vmap, vmap_ascent, vanilla, ...) so drifting machine load hits them alike.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def smallest_micro_batch(cfg: DictConfig) -> int:
 
 
 def check_compile(cfg: DictConfig) -> None:
-    """torch.compile wraps the module's forward; torch.func's functional calls (impl=vmap, RW-SAM's
+    """torch.compile wraps the module's forward; torch.func's functional calls (impl=vmap and vmap_ascent, RW-SAM's
     probe) swap its parameters on every call, which a compiled forward would recompile for."""
     if not cfg.compile.enabled:
         return

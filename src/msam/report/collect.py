@@ -75,7 +75,7 @@ GROUP_KEYS = ["dataset", "model", "method", "m", "rho", "epochs", "switch_to", "
 
 
 def implementations(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration, the implementations its seeds ran ("loop", "vmap", "loop/vmap", or "")."""
+    """Per configuration, the implementations its seeds ran ("loop", "vmap", "loop/vmap", ..., or "")."""
     return (runs.groupby(GROUP_KEYS, sort=False, dropna=False)["impl"]
             .agg(lambda labels: "/".join(sorted({x for x in labels if isinstance(x, str)}))).reset_index())
 
