@@ -93,11 +93,11 @@ def test_the_ascent_script_times_full_loop_and_vmap():
     assert [line.split()[0] for line in lines[1:]] == ["full", "loop", "vmap", "one_pass"] and "1.00x full" in lines[1]
 
 
-def load_bench_ascent():
+def load_script(name: str):
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_ascent.py"
-    spec = importlib.util.spec_from_file_location("bench_ascent", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -108,7 +108,7 @@ def test_the_one_pass_ascent_gives_the_loops_micro_batch_gradients(name, channel
     """The measured route must compute what the loop's ascent computes (float64, BatchNorm CNNs)."""
     from msam.bench import bench_model
 
-    bench_ascent = load_bench_ascent()
+    bench_ascent = load_script("bench_ascent")
     torch.manual_seed(0)
     model = bench_model(name, 10, 8, channels).double().train()
     x, y = torch.randn(12, channels, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
@@ -120,3 +120,23 @@ def test_the_one_pass_ascent_gives_the_loops_micro_batch_gradients(name, channel
     assert max((got[i][j] - loop[j][i]).abs().max().item() for i in range(len(params)) for j in range(3)) < 1e-12
     assert max((loop[0][i] - loop[1][i]).abs().max().item() for i in range(len(params))) > 1e-3  # j matters
     assert all("forward" not in vars(module) for module in model.modules())  # the layers' own forwards again
+
+
+def test_the_compiled_step_check_starts_both_steps_from_the_same_state():
+    """scripts/bench_compiled_step.py's check: an equal step reads 0 and leaves the model as it
+    was; a different step (another rho) does not read 0."""
+    from msam.bench import bench_model
+
+    script = load_script("bench_compiled_step")
+    torch.manual_seed(0)
+    model = bench_model("small_cnn", 10, 8, 1).double().train()
+    batch = torch.randn(16, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (16,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sam = script.build("sam", 4, 0.05)  # (SAM, not mSAM: the check is the same, dynamo traces it faster)
+    compiled = torch.compile(sam, backend="eager", dynamic=False)
+    deviation, _ = script.compiled_deviation(model, sam, compiled, batch)
+    assert deviation < 1e-12
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    deviation, _ = script.compiled_deviation(model, sam, script.build("sam", 4, 0.5), batch)
+    assert deviation > 1e-6

@@ -1,0 +1,147 @@
+"""What torch.compile of the whole training step buys SAM and mSAM where the step is overhead-bound.
+
+    .venv/bin/python scripts/bench_compiled_step.py                 # the demo's shape: small CNN, 1x8x8, B = 64, m = 8
+    .venv/bin/python scripts/bench_compiled_step.py --backend aot_eager --rounds 1 --steps 3
+
+On the demo's shape an mSAM step is 2m = 16 forward+backward passes on 8 samples each, and on a
+CPU most of a pass that small is per-operation overhead (dispatch, vmap's batching rules,
+allocations), which a compiler removes. This script times, interleaved, each method's step
+(method + SGD step, as msam-bench times it) eager and with the method call wrapped in
+`torch.compile` (graph breaks allowed: the method's Python runs as it is, the tensor work in
+between is compiled). Each row gives its median ms per step, its ratio to eager SAM, and for the
+compiled rows the ratio to compiled SAM (the fair comparison: both compiled) and the seconds its
+first two calls took (compilation, which a run pays once per process and shape).
+
+Before timing, each compiled method is run once from the eager run's starting weights and
+BatchNorm buffers, and the largest difference of its direction (.grad) and buffers from the
+eager one is printed: a compiler that changed the step would show here.
+
+Not a project feature: `compile.enabled=true` compiles the model's forward in place, and
+impl=vmap refuses it (docs/performance.md, "What a compiler buys where the step is overhead-bound").
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from msam import timing
+from msam.bench import bench_model, method_config
+from msam.engine import pick_device
+from msam.methods import build_method
+
+METHODS = ("vanilla", "sam", "loop", "vmap")  # loop and vmap: mSAM at --m
+
+
+def build(name: str, m: int, rho: float):
+    if name in ("vanilla", "sam"):
+        return build_method(method_config(name, 0.0 if name == "vanilla" else rho))
+    return build_method(method_config("msam", rho, m=m, impl=name))
+
+
+def loss_fn(logits, targets):
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def state_of(model) -> tuple[dict, dict]:
+    """The direction and the buffers a step left (what a compiled step must reproduce)."""
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return grads, {n: b.detach().clone() for n, b in model.named_buffers()}
+
+
+def largest_difference(a: tuple[dict, dict], b: tuple[dict, dict]) -> float:
+    if a[0].keys() != b[0].keys():
+        return float("inf")  # a gradient missing on one side
+    return max((x.double() - y.double()).abs().max().item()
+               for side_a, side_b in zip(a, b) for x, y in ((side_a[k], side_b[k]) for k in side_a))
+
+
+def compiled_deviation(model, eager, compiled, batch) -> tuple[float, float]:
+    """Largest |compiled - eager| over the direction and the buffers after one step from the same
+    state (weights untouched by the step itself), and the seconds of the compiled call (its compilation)."""
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    model.zero_grad(set_to_none=True)
+    eager(model, loss_fn, batch)
+    reference = state_of(model)
+    model.load_state_dict(start)
+    model.zero_grad(set_to_none=True)
+    began = time.perf_counter()
+    compiled(model, loss_fn, batch)
+    seconds = time.perf_counter() - began
+    got = state_of(model)
+    model.load_state_dict(start)
+    model.zero_grad(set_to_none=True)
+    return largest_difference(reference, got), seconds
+
+
+def time_rows(model, rows: dict, batch, device, rounds: int, steps: int) -> dict[str, float]:
+    """Median ms per step (method + SGD step) of each row, the rows interleaved round by round."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    times = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, method in rows.items():
+            for _ in range(steps):
+                began = timing.now(device)
+                method(model, loss_fn, batch)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                times[name].append(1000 * (timing.now(device) - began))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv=None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--image-size", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--m", type=int, default=8)
+    parser.add_argument("--rho", type=float, default=0.05)
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend: inductor | aot_eager | eager")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (after one untimed warm-up step each)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per row per round")
+    parser.add_argument("--double", action="store_true", help="float64 (to check the compiled step to rounding)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    if args.batch % args.m:
+        parser.error(f"--m {args.m} does not divide --batch {args.batch}")
+
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    dtype = torch.float64 if args.double else torch.float32
+    model = bench_model(args.model, 10, args.image_size, args.channels).to(device, dtype).train()
+    batch = (torch.randn(args.batch, args.channels, args.image_size, args.image_size, device=device, dtype=dtype),
+             torch.randint(0, 10, (args.batch,), device=device))
+    eager = {name: build(name, args.m, args.rho) for name in METHODS}
+    rows = dict(eager)
+    lines = [f"{args.model}, B = {args.batch}, m = {args.m}, {device.type}, backend {args.backend}, "
+             f"{args.rounds} round(s) of {args.steps} steps"]
+    compile_notes = {}
+    for name, method in eager.items():
+        compiled = torch.compile(method, backend=args.backend, dynamic=False)
+        deviation, first = compiled_deviation(model, method, compiled, batch)
+        began = time.perf_counter()
+        compiled(model, loss_fn, batch)  # the second call: a recompilation would show here
+        model.zero_grad(set_to_none=True)
+        compile_notes[f"compiled {name}"] = (deviation, first + time.perf_counter() - began)
+        rows[f"compiled {name}"] = compiled
+    for method in rows.values():  # warm-up
+        method(model, loss_fn, batch)
+        model.zero_grad(set_to_none=True)
+    ms = time_rows(model, rows, batch, device, args.rounds, args.steps)
+    for name, value in ms.items():
+        line = f"{name:<18} {value:8.2f} ms  {value / ms['sam']:.2f}x SAM"
+        if name in compile_notes:
+            deviation, seconds = compile_notes[name]
+            line += (f"  {value / ms['compiled sam']:.2f}x compiled SAM  compile {seconds:.1f} s"
+                     f"  max |compiled - eager| {deviation:.1e}")
+        lines.append(line)
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
