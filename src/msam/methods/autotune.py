@@ -58,7 +58,7 @@ def candidates(m: int, model, precision, *, dict_inputs: bool = False, compiled:
                reweighting: bool = False, chunk_size: int | None = None) -> list[Choice]:
     """The implementations that can run this configuration. vmap and vmap_ascent (vmap's ascent,
     the loop's descent) need tensor inputs, an uncompiled model and no reweighting (RW-SAM's probe
-    runs in the loop only). A chunk_size the user set is the only chunking tried (it bounds memory);
+    runs in the loop only). A chunk_size the user set is the only chunking tried (it bounds the activations);
     otherwise vmap runs all m at once and, for m >= 8, a quarter of them at a time."""
     choices = [Choice("loop")]
     if m == 1 or dict_inputs or compiled or reweighting or vmap_refused(model, precision):
