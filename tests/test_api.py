@@ -94,7 +94,7 @@ def ddp_worker(rank, port, impl, out):
     os._exit(0)  # no gloo teardown (see test_distributed.py)
 
 
-@pytest.mark.parametrize("impl", ["loop", "vmap"])
+@pytest.mark.parametrize("impl", ["loop", "vmap", "vmap_ascent"])  # vmap_ascent: the loop's descent through DDP
 def test_the_api_under_ddp_equals_one_process_with_the_global_m(tmp_path, impl):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
