@@ -3,18 +3,19 @@
     .venv/bin/python scripts/bench_compiled_step.py                 # the demo's shape: small CNN, 1x8x8, B = 64, m = 8
     .venv/bin/python scripts/bench_compiled_step.py --backend aot_eager --rounds 1 --steps 3
 
-On the demo's shape an mSAM step is 2m = 16 forward+backward passes on 8 samples each, and on a
-CPU most of a pass that small is per-operation overhead (dispatch, vmap's batching rules,
-allocations), which a compiler removes. This script times, interleaved, each method's step
+On the demo's shape an mSAM step is 2m = 16 forward+backward passes on 8 samples each, made of
+many small operations whose fixed cost per call (dispatch, vmap's batching rules, allocations)
+a compiler can remove where it gets them into one graph. This script times each method's step
 (method + SGD step, as msam-bench times it) eager and with the method call wrapped in
 `torch.compile` (graph breaks allowed: the method's Python runs as it is, the tensor work in
-between is compiled). Each row gives its median ms per step, its ratio to eager SAM, and for the
-compiled rows the ratio to compiled SAM (the fair comparison: both compiled) and the seconds its
-first two calls took (compilation, which a run pays once per process and shape).
+between is compiled), the rows interleaved and their order rotated each round. Each row gives
+its median ms per step, its ratio to eager SAM, and for the compiled rows the ratio to compiled
+SAM (both compiled), the seconds its first two calls took (compilation, which a run pays once
+per process and shape) and the graphs and graph breaks dynamo made of it.
 
-Before timing, each compiled method is run once from the eager run's starting weights and
-BatchNorm buffers, and the largest difference of its direction (.grad) and buffers from the
-eager one is printed: a compiler that changed the step would show here.
+Before timing, each compiled method is run once from the eager run's starting weights, BatchNorm
+buffers and random state, and the largest difference of its direction (.grad) and buffers from
+the eager one is printed: a compiler that changed the step would show here.
 
 Not a project feature: `compile.enabled=true` compiles the model's forward in place, and
 impl=vmap refuses it (docs/performance.md, "What a compiler buys where the step is overhead-bound").
@@ -27,6 +28,7 @@ import statistics
 import time
 
 import torch
+from torch._dynamo.utils import counters
 
 from msam import timing
 from msam.bench import bench_model, method_config
@@ -61,28 +63,42 @@ def largest_difference(a: tuple[dict, dict], b: tuple[dict, dict]) -> float:
 
 def compiled_deviation(model, eager, compiled, batch) -> tuple[float, float]:
     """Largest |compiled - eager| over the direction and the buffers after one step from the same
-    state (weights untouched by the step itself), and the seconds of the compiled call (its compilation)."""
+    state (weights, buffers and random streams; the step itself leaves the weights alone), and the
+    seconds of the compiled call (its compilation). The model is left as it was."""
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    model.zero_grad(set_to_none=True)
-    eager(model, loss_fn, batch)
-    reference = state_of(model)
-    model.load_state_dict(start)
-    model.zero_grad(set_to_none=True)
-    began = time.perf_counter()
-    compiled(model, loss_fn, batch)
-    seconds = time.perf_counter() - began
-    got = state_of(model)
+    with torch.random.fork_rng(devices=None if batch[0].is_cuda else []):
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state_all() if batch[0].is_cuda else []
+        model.zero_grad(set_to_none=True)
+        eager(model, loss_fn, batch)
+        reference = state_of(model)
+        model.load_state_dict(start)
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng[0])
+        if rng[1]:
+            torch.cuda.set_rng_state_all(rng[1])
+        began = time.perf_counter()
+        compiled(model, loss_fn, batch)
+        seconds = time.perf_counter() - began
+        got = state_of(model)
     model.load_state_dict(start)
     model.zero_grad(set_to_none=True)
     return largest_difference(reference, got), seconds
 
 
+def graphs_and_breaks() -> tuple[int, int]:
+    """dynamo's running counts of compiled graphs and graph breaks in this process."""
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
 def time_rows(model, rows: dict, batch, device, rounds: int, steps: int) -> dict[str, float]:
-    """Median ms per step (method + SGD step) of each row, the rows interleaved round by round."""
+    """Median ms per step (method + SGD step) of each row, the rows interleaved round by round,
+    their order rotated each round (no row always runs after the same one)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     times = {name: [] for name in rows}
-    for _ in range(rounds):
-        for name, method in rows.items():
+    names = list(rows)
+    for round_ in range(rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            method = rows[name]
             for _ in range(steps):
                 began = timing.now(device)
                 method(model, loss_fn, batch)
@@ -105,9 +121,13 @@ def main(argv=None) -> list[str]:
     parser.add_argument("--steps", type=int, default=20, help="steps per row per round")
     parser.add_argument("--double", action="store_true", help="float64 (to check the compiled step to rounding)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, sam among them")
     args = parser.parse_args(argv)
     if args.batch % args.m:
         parser.error(f"--m {args.m} does not divide --batch {args.batch}")
+    methods = args.methods.split(",")
+    if "sam" not in methods or not set(methods) <= set(METHODS):
+        parser.error(f"--methods takes {', '.join(METHODS)}, sam among them (the ratios' reference)")
 
     device = pick_device(args.device)
     torch.manual_seed(0)
@@ -115,18 +135,21 @@ def main(argv=None) -> list[str]:
     model = bench_model(args.model, 10, args.image_size, args.channels).to(device, dtype).train()
     batch = (torch.randn(args.batch, args.channels, args.image_size, args.image_size, device=device, dtype=dtype),
              torch.randint(0, 10, (args.batch,), device=device))
-    eager = {name: build(name, args.m, args.rho) for name in METHODS}
+    eager = {name: build(name, args.m, args.rho) for name in methods}
     rows = dict(eager)
     lines = [f"{args.model}, B = {args.batch}, m = {args.m}, {device.type}, backend {args.backend}, "
              f"{args.rounds} round(s) of {args.steps} steps"]
     compile_notes = {}
     for name, method in eager.items():
         compiled = torch.compile(method, backend=args.backend, dynamic=False)
+        graphs, breaks = graphs_and_breaks()
         deviation, first = compiled_deviation(model, method, compiled, batch)
         began = time.perf_counter()
         compiled(model, loss_fn, batch)  # the second call: a recompilation would show here
         model.zero_grad(set_to_none=True)
-        compile_notes[f"compiled {name}"] = (deviation, first + time.perf_counter() - began)
+        after = graphs_and_breaks()
+        compile_notes[f"compiled {name}"] = (deviation, first + time.perf_counter() - began,
+                                             after[0] - graphs, after[1] - breaks)
         rows[f"compiled {name}"] = compiled
     for method in rows.values():  # warm-up
         method(model, loss_fn, batch)
@@ -135,9 +158,9 @@ def main(argv=None) -> list[str]:
     for name, value in ms.items():
         line = f"{name:<18} {value:8.2f} ms  {value / ms['sam']:.2f}x SAM"
         if name in compile_notes:
-            deviation, seconds = compile_notes[name]
+            deviation, seconds, graphs, breaks = compile_notes[name]
             line += (f"  {value / ms['compiled sam']:.2f}x compiled SAM  compile {seconds:.1f} s"
-                     f"  max |compiled - eager| {deviation:.1e}")
+                     f"  {graphs} graph(s), {breaks} break(s)  max |compiled - eager| {deviation:.1e}")
         lines.append(line)
     print("\n".join(lines))
     return lines

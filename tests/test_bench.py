@@ -140,3 +140,16 @@ def test_the_compiled_step_check_starts_both_steps_from_the_same_state():
     assert all(p.grad is None for p in model.parameters())
     deviation, _ = script.compiled_deviation(model, sam, script.build("sam", 4, 0.5), batch)
     assert deviation > 1e-6
+
+
+def test_the_compiled_step_bench_prints_its_ratios_and_graphs():
+    script = load_script("bench_compiled_step")
+    lines = script.main(["--backend", "eager", "--methods", "vanilla,sam", "--rounds", "2", "--steps", "1",
+                         "--batch", "16", "--m", "4", "--device", "cpu"])
+    assert lines[0].startswith("small_cnn, B = 16, m = 4, cpu, backend eager")
+    rows = {line[:18].strip(): line for line in lines[1:]}
+    assert list(rows) == ["vanilla", "sam", "compiled vanilla", "compiled sam"]
+    assert "1.00x SAM" in rows["sam"] and "1.00x compiled SAM" in rows["compiled sam"]
+    assert "graph(s)" in rows["compiled vanilla"] and "compiled SAM" not in rows["vanilla"]
+    graphs = int(rows["compiled sam"].split(" graph(s)")[0].split()[-1])
+    assert graphs >= 1  # dynamo compiled something: a silent eager fallback would read 0

@@ -11,7 +11,8 @@ BatchNorm: functional_call gets the running statistics as m stacked copies (in_d
 micro-batch's ascent pass makes its own momentum update from the same start; their mean is the
 single update of the BatchNorm rule (batchnorm.py). The descent pass gets throw-away copies, so it never
 changes them. chunk_size bounds the activations of the vmapped passes (vmap runs m / chunk_size
-chunks one after another); the m stacked gradients and weight sets are built whole whatever it is.
+chunks one after another); the stacked gradients g_j, weight sets w + e_j and directions d_j
+(each m times the weights' size, about 3m of them alive during the descent) are built whole.
 
 Under DistributedDataParallel the functional calls go to the wrapped module, so DDP's reducer
 is not involved at all: each process computes its own micro-batch directions and the final
