@@ -70,9 +70,18 @@ def test_there_is_one_experiment_per_rwsam_poster_cifar_row():
 # and checked too, not smoke-run: their mSAM row builds and trains the same model and recipe
 # through the same SAM step (m = 2 there, m = 1 for SAM), and these eight rows' smoke runs cost
 # a minute more.
+# Two paper-sized mSAM rows are built and stepped, not smoke-run: ImageNet's WRN-50-2 and CIFAR-100's
+# ViT-B/16 train through the code of the ImageNet ResNet-50 and ViT-S/32 rows' smoke runs (the
+# same torchvision and timm builders, data pipelines, SAM step and impl=auto tuning; CIFAR's
+# resize to 224 is smoke-run in test_sharpness_run.py). Their smoke runs cost 1.5 minutes, most of
+# it impl=auto timing three implementations of a 69M- or 86M-parameter model twice each:
+# test_the_built_only_rows_build_and_take_an_msam_step builds each from its own config and takes
+# one mSAM step on inputs of its shape instead.
 PAPER_SIZED = ("tab2_in1k_", "tab2_c100_vit_b16_")
+BUILT_ONLY = {"tab2_in1k_wrn50_2_msam": 224, "tab2_c100_vit_b16_msam": 224}  # the model's input side
 SMOKE_RUN = [e for e in EXPERIMENTS if not (e.startswith("rwsam_") and not e.endswith("_rwsam"))
-             and not e.startswith("tab2_c10_") and not (e.startswith(PAPER_SIZED) and not e.endswith("_msam"))]
+             and not e.startswith("tab2_c10_") and not (e.startswith(PAPER_SIZED) and not e.endswith("_msam"))
+             and e not in BUILT_ONLY]
 
 
 def test_the_rows_not_smoke_run_pass_the_smoke_checks(monkeypatch):
@@ -80,7 +89,7 @@ def test_the_rows_not_smoke_run_pass_the_smoke_checks(monkeypatch):
 
     monkeypatch.setattr(msam.config, "check_data", lambda *a, **k: None)
     skipped = [e for e in EXPERIMENTS if e not in SMOKE_RUN]
-    assert len(skipped) == 9 + 12 + 8  # Table 2 CIFAR-10, the poster's SGD/SAM rows, paper-sized vanilla/SAM
+    assert len(skipped) == 9 + 12 + 8 + 2  # Table 2 CIFAR-10, the poster's SGD/SAM rows, paper-sized vanilla/SAM, BUILT_ONLY
     for name in skipped:
         check_config(compose_cfg(f"experiment={name}", "smoke=on"))
 
@@ -103,6 +112,29 @@ def test_experiment_smoke_runs(name, tmp_path):
         assert tuple(cfg.dataset.image_shape) == tuple(real.dataset.image_shape)  # same shape as the real data
     else:  # GLUE: token sequences within the real max_length, a tiny RoBERTa instead of RoBERTa-base
         assert cfg.dataset.max_length == real.dataset.max_length and summary["model"] == "roberta_base"
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_ONLY))
+def test_the_built_only_rows_build_and_take_an_msam_step(name):
+    import torch
+
+    from msam.methods import build_method
+    from msam.methods.autotune import Choice
+    from msam.models import build_model
+
+    cfg = compose_cfg(f"experiment={name}", "smoke=on")
+    side, classes = BUILT_ONLY[name], cfg.dataset.num_classes
+    assert compose_cfg(f"experiment={name}").model.name == cfg.model.name
+    torch.manual_seed(0)
+    model = build_model(cfg.model, classes, (3, side, side), cfg.get("smoke")).train()
+    method = build_method(cfg.method, model=model, choice=Choice("loop"))
+    assert method.m == 2  # the smoke overlay's mSAM
+    inputs, targets = torch.randn(2, 3, side, side), torch.randint(0, classes, (2,))
+    loss, logits = method(model, lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="none"),
+                          (inputs, targets))
+    assert logits.shape == (2, classes) and torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
 # (experiment, dataset, model, optimizer, lr, batch, epochs, momentum, weight decay, label smoothing,
