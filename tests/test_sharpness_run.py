@@ -100,7 +100,7 @@ def test_cli_error_is_one_line(tmp_path):
 def test_torchrun_two_processes_equal_one(finished_run, tmp_path):
     """Each process reads its own share (301 samples: 151 and 150, in batches of 64 with short last
     ones); the products are summed with one all-reduce; the small CNN has BatchNorm."""
-    settings = dict(max_iter=60, tol=1e-12, trace_probes=6, max_samples=301, batch_size=64, dtype="float64",
+    settings = dict(max_iter=30, tol=1e-12, trace_probes=4, max_samples=301, batch_size=64, dtype="float64",
                     device="cpu", keep_unconverged=True)
     single = measure_run(finished_run, default_settings(**settings))
     options = [f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in settings.items()]
