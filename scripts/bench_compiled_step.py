@@ -1,14 +1,14 @@
 """What torch.compile of the whole training step buys SAM and mSAM where the step is overhead-bound.
 
     .venv/bin/python scripts/bench_compiled_step.py                 # the demo's shape: small CNN, 1x8x8, B = 64, m = 8
-    .venv/bin/python scripts/bench_compiled_step.py --backend aot_eager --rounds 1 --steps 3
+    .venv/bin/python scripts/bench_compiled_step.py --backend aot_eager --repeats 3
 
 On the demo's shape an mSAM step is 2m = 16 forward+backward passes on 8 samples each, made of
 many small operations whose fixed cost per call (dispatch, vmap's batching rules, allocations)
 a compiler can remove where it gets them into one graph. This script times each method's step
-(method + SGD step, as msam-bench times it) eager and with the method call wrapped in
-`torch.compile` (graph breaks allowed: the method's Python runs as it is, the tensor work in
-between is compiled), the rows interleaved and their order rotated each round. Each row gives
+with msam-bench's own timer (method + SGD step, the rows interleaved step by step, median after
+a warm-up) eager and with the method call wrapped in `torch.compile` (graph breaks allowed: the
+method's Python runs as it is, the tensor work in between is compiled). Each row gives
 its median ms per step, its ratio to eager SAM, and for the compiled rows the ratio to compiled
 SAM (both compiled), the seconds its first two calls took (compilation, which a run pays once
 per process and shape) and the graphs and graph breaks dynamo made of it.
@@ -24,28 +24,16 @@ impl=vmap refuses it (docs/performance.md, "What a compiler buys where the step 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 from torch._dynamo.utils import counters
 
-from msam import timing
-from msam.bench import bench_model, method_config
-from msam.engine import pick_device
-from msam.methods import build_method
+from msam.bench import bench_model, methods_for, time_steps
+from msam.engine import per_sample_cross_entropy, pick_device
 
-METHODS = ("vanilla", "sam", "loop", "vmap")  # loop and vmap: mSAM at --m
-
-
-def build(name: str, m: int, rho: float):
-    if name in ("vanilla", "sam"):
-        return build_method(method_config(name, 0.0 if name == "vanilla" else rho))
-    return build_method(method_config("msam", rho, m=m, impl=name))
-
-
-def loss_fn(logits, targets):
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+BASELINES, IMPLS = ("vanilla", "sam"), ("loop", "vmap")  # loop and vmap: mSAM at --m
+loss_fn = per_sample_cross_entropy(0.0)
 
 
 def state_of(model) -> tuple[dict, dict]:
@@ -90,24 +78,6 @@ def graphs_and_breaks() -> tuple[int, int]:
     return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
 
 
-def time_rows(model, rows: dict, batch, device, rounds: int, steps: int) -> dict[str, float]:
-    """Median ms per step (method + SGD step) of each row, the rows interleaved round by round,
-    their order rotated each round (no row always runs after the same one)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    times = {name: [] for name in rows}
-    names = list(rows)
-    for round_ in range(rounds):
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            method = rows[name]
-            for _ in range(steps):
-                began = timing.now(device)
-                method(model, loss_fn, batch)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                times[name].append(1000 * (timing.now(device) - began))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main(argv=None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small_cnn")
@@ -117,17 +87,19 @@ def main(argv=None) -> list[str]:
     parser.add_argument("--m", type=int, default=8)
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--backend", default="inductor", help="torch.compile backend: inductor | aot_eager | eager")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (after one untimed warm-up step each)")
-    parser.add_argument("--steps", type=int, default=20, help="steps per row per round")
+    parser.add_argument("--repeats", type=int, default=60, help="timed steps per row, interleaved")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per row first")
     parser.add_argument("--double", action="store_true", help="float64 (to check the compiled step to rounding)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, sam among them")
+    parser.add_argument("--methods", default=",".join(BASELINES + IMPLS), help="comma-separated, sam among them")
     args = parser.parse_args(argv)
     if args.batch % args.m:
         parser.error(f"--m {args.m} does not divide --batch {args.batch}")
     methods = args.methods.split(",")
-    if "sam" not in methods or not set(methods) <= set(METHODS):
-        parser.error(f"--methods takes {', '.join(METHODS)}, sam among them (the ratios' reference)")
+    if "sam" not in methods or not set(methods) <= set(BASELINES + IMPLS):
+        parser.error(f"--methods takes {', '.join(BASELINES + IMPLS)}, sam among them (the ratios' reference)")
+    if args.m == 1 and set(methods) & set(IMPLS):
+        parser.error("--m 1 has no mSAM rows: mSAM needs m > 1")
 
     device = pick_device(args.device)
     torch.manual_seed(0)
@@ -135,10 +107,10 @@ def main(argv=None) -> list[str]:
     model = bench_model(args.model, 10, args.image_size, args.channels).to(device, dtype).train()
     batch = (torch.randn(args.batch, args.channels, args.image_size, args.image_size, device=device, dtype=dtype),
              torch.randint(0, 10, (args.batch,), device=device))
-    eager = {name: build(name, args.m, args.rho) for name in methods}
+    eager = methods_for(args.m, args.rho, [n for n in IMPLS if n in methods], [n for n in BASELINES if n in methods])
     rows = dict(eager)
     lines = [f"{args.model}, B = {args.batch}, m = {args.m}, {device.type}, backend {args.backend}, "
-             f"{args.rounds} round(s) of {args.steps} steps"]
+             f"median of {args.repeats} steps"]
     compile_notes = {}
     for name, method in eager.items():
         compiled = torch.compile(method, backend=args.backend, dynamic=False)
@@ -151,10 +123,8 @@ def main(argv=None) -> list[str]:
         compile_notes[f"compiled {name}"] = (deviation, first + time.perf_counter() - began,
                                              after[0] - graphs, after[1] - breaks)
         rows[f"compiled {name}"] = compiled
-    for method in rows.values():  # warm-up
-        method(model, loss_fn, batch)
-        model.zero_grad(set_to_none=True)
-    ms = time_rows(model, rows, batch, device, args.rounds, args.steps)
+    timed = time_steps(model, rows, batch, device, args.repeats, args.warmup)
+    ms = {name: row["ms"] for name, row in timed.items()}
     for name, value in ms.items():
         line = f"{name:<18} {value:8.2f} ms  {value / ms['sam']:.2f}x SAM"
         if name in compile_notes:

@@ -132,19 +132,19 @@ def test_the_compiled_step_check_starts_both_steps_from_the_same_state():
     model = bench_model("small_cnn", 10, 8, 1).double().train()
     batch = torch.randn(16, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (16,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    sam = script.build("sam", 4, 0.05)  # (SAM, not mSAM: the check is the same, dynamo traces it faster)
+    sam = bench.methods_for(1, 0.05, [], ["sam"])["sam"]  # (not mSAM: the check is the same, dynamo traces it faster)
     compiled = torch.compile(sam, backend="eager", dynamic=False)
     deviation, _ = script.compiled_deviation(model, sam, compiled, batch)
     assert deviation < 1e-12
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
-    deviation, _ = script.compiled_deviation(model, sam, script.build("sam", 4, 0.5), batch)
+    deviation, _ = script.compiled_deviation(model, sam, bench.methods_for(1, 0.5, [], ["sam"])["sam"], batch)
     assert deviation > 1e-6
 
 
 def test_the_compiled_step_bench_prints_its_ratios_and_graphs():
     script = load_script("bench_compiled_step")
-    lines = script.main(["--backend", "eager", "--methods", "vanilla,sam", "--rounds", "2", "--steps", "1",
+    lines = script.main(["--backend", "eager", "--methods", "vanilla,sam", "--repeats", "2", "--warmup", "0",
                          "--batch", "16", "--m", "4", "--device", "cpu"])
     assert lines[0].startswith("small_cnn, B = 16, m = 4, cpu, backend eager")
     rows = {line[:18].strip(): line for line in lines[1:]}

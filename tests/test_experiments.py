@@ -118,6 +118,7 @@ def test_experiment_smoke_runs(name, tmp_path):
 def test_the_built_only_rows_build_and_take_an_msam_step(name):
     import torch
 
+    from msam.engine import per_sample_cross_entropy
     from msam.methods import build_method
     from msam.methods.autotune import Choice
     from msam.models import build_model
@@ -130,8 +131,7 @@ def test_the_built_only_rows_build_and_take_an_msam_step(name):
     method = build_method(cfg.method, model=model, choice=Choice("loop"))
     assert method.m == 2  # the smoke overlay's mSAM
     inputs, targets = torch.randn(2, 3, side, side), torch.randint(0, classes, (2,))
-    loss, logits = method(model, lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="none"),
-                          (inputs, targets))
+    loss, logits = method(model, per_sample_cross_entropy(0.0), (inputs, targets))
     assert logits.shape == (2, classes) and torch.isfinite(loss)
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
