@@ -21,7 +21,7 @@ from msam.cli import compose_or_fail
 from msam.config import check_config
 from msam.domains import Bool, Choice, Int, ListOf, Number, Optional, Text, domain_of, domains, leaves
 from msam.errors import ConfigError, RunError
-from msam.train import CONF_DIR
+from msam.paths import CONF_DIR
 
 # Models whose smoke run takes about a second (tests/test_experiments.py smoke-runs the paper's
 # full-size ones); every data set and every other group choice.
@@ -44,7 +44,7 @@ def every_key() -> list[str]:
     """The leaves of the config under several group choices (each adds its own keys)."""
     keys = set()
     for choices in COMPOSITIONS:
-        cfg = compose_or_fail(CONF_DIR, "train", [*choices, "smoke=on"])
+        cfg = compose_or_fail("train", [*choices, "smoke=on"])
         keys |= {key for key, _ in leaves(OmegaConf.to_container(cfg, resolve=False))}
     return sorted(k for k in keys if not k.startswith(NOT_DRAWN) and k != "switch.then")  # set by switch=
 
@@ -104,7 +104,7 @@ def run_line(argv: list[str]) -> str:
     ConfigError line before any training), "skipped" (accepted, too costly to smoke-run), "ran",
     or "stopped on non-finite values". Any other exception propagates: that is the failure."""
     try:
-        cfg = compose_or_fail(CONF_DIR, "train", argv)
+        cfg = compose_or_fail("train", argv)
     except ConfigError as error:
         assert "\n" not in str(error), f"{argv}: a ConfigError of several lines: {error}"
         return "refused by Hydra's composition"

@@ -45,11 +45,11 @@ def test_every_key_has_a_domain():
     from cli_domain import COMPOSITIONS
 
     from msam.cli import compose_or_fail
-    from msam.train import CONF_DIR
+    from msam.paths import CONF_DIR
 
     missing = set()
     for choices in COMPOSITIONS:
-        missing |= set(unchecked_keys(compose_or_fail(CONF_DIR, "train", [*choices, "smoke=on"])))
+        missing |= set(unchecked_keys(compose_or_fail("train", [*choices, "smoke=on"])))
     assert not {k for k in missing if not k.startswith(("paths.", "logger."))}, sorted(missing)
     assert {"method.m", "batch_size", "precision", "switch.fraction", "method.lambda", "optim.betas",
             "dataset.image_shape", "model.width", "schedule.warmup_fraction", "device"} <= set(KEYS)

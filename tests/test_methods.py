@@ -82,7 +82,7 @@ def test_sam_and_msam_with_one_micro_batch_follow_the_sam_formula():
     from omegaconf import OmegaConf
 
     from msam.methods import build_method
-    from msam.train import CONF_DIR
+    from msam.paths import CONF_DIR
 
     model, data = tiny_bn_net(), batch()
     expected = direct_msam(model, data, 1, 0.1)

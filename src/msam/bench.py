@@ -29,7 +29,8 @@ from msam.methods.autotune import choose
 from msam.models import build_model
 from msam.precision import Precision
 from msam.runs import device_description, write_atomic
-from msam.train import CONF_DIR
+from msam.search_path import group_config
+from msam.paths import CONF_DIR
 
 PROG = "msam-bench"
 IMPLS = ("loop", "vmap", "vmap_ascent", "auto", "compile", "floor")
@@ -37,12 +38,13 @@ BASELINES = ("vanilla", "sam", "rwsam")
 
 
 def bench_model(name: str, num_classes: int, image_size: int, channels: int = 3) -> torch.nn.Module:
-    """conf/model/<name>.yaml, built as msam-train builds it, for channels x image_size x image_size inputs."""
-    path = CONF_DIR / "model" / f"{name}.yaml"
-    if not path.is_file():
-        valid = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-        raise ConfigError(f"unknown bench model '{name}'; valid: {', '.join(valid)}")
-    return build_model(OmegaConf.load(path), num_classes, (channels, image_size, image_size))
+    """The model config <name> (conf/model/, or a folder of the user's on the search path), built as
+    msam-train builds it, for channels x image_size x image_size inputs. A model config that
+    interpolates the data set (${dataset.num_classes}, ${dataset.image_shape.0}) gets the bench's."""
+    shape = [channels, image_size, image_size]
+    context = OmegaConf.create({"dataset": {"num_classes": num_classes, "image_shape": shape}})
+    cfg = OmegaConf.merge(context, group_config("model", name))
+    return build_model(cfg.model, num_classes, tuple(shape))
 
 
 def method_config(name: str, rho: float, **values) -> DictConfig:
@@ -122,8 +124,7 @@ def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int, c
 
 def bench_domains() -> dict[str, dict]:
     """conf/bench.yaml's keys and what each may be (msam.domains)."""
-    models = tuple(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
-    return {"": {"name": Text(), "out": Text(), "models": ListOf(Choice(models), min_length=1),
+    return {"": {"name": Text(), "out": Text(), "models": ListOf(Text(), min_length=1),
                  "batch_sizes": ListOf(Int(1), min_length=1), "ms": ListOf(Int(1), min_length=1),
                  "impls": ListOf(Choice(IMPLS)), "tune_steps": Int(1), "tune_max_seconds": Number(0, open_low=True),
                  "tune_keep_within": Number(1), "baselines": ListOf(Choice(BASELINES)),
@@ -135,6 +136,8 @@ def bench_domains() -> dict[str, dict]:
 def check_bench(cfg: DictConfig) -> None:
     """conf/bench.yaml's values, checked before any model is built."""
     check_domains(cfg, bench_domains())
+    for name in cfg.models:
+        group_config("model", name)  # an unknown name: one line listing the valid ones, the user's included
     require({"vanilla", "sam"} <= set(cfg.baselines),
             f"baselines must include vanilla and sam (the ratios' references), got {list(cfg.baselines)}")
     require("/" not in cfg.name, f"name must be a file name (no '/'), got {cfg.name!r}")
@@ -205,7 +208,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_tool(PROG, CONF_DIR, "bench", hydra_main)
+    run_tool(PROG, "bench", hydra_main)
 
 
 def bench(cfg: DictConfig) -> None:

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Callable, NoReturn, TypeVar
 
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from msam.errors import ConfigError, RunError
+from msam.paths import CONF_DIR
+from msam.search_path import SWEEP_FLAGS, group_options, hydra_initialised, parse_command_line
 
 T = TypeVar("T")
 FULL_ERROR = "HYDRA_FULL_ERROR"
 # Hydra's own options take values or change what runs (--cfg job, --help, ...): Hydra answers them.
-SWEEP_FLAGS = ("-m", "--multirun")
 OMEGACONF_DETAIL = ("full_key:", "object_type", "reference_type", "msg:")
 
 
@@ -146,29 +146,49 @@ def single_job_overrides(overrides: list[str]) -> list[str] | None:
     return single
 
 
-def compose_or_fail(config_dir: Path, config_name: str, argv: list[str]):
-    """The config the command line asks for, composed as Hydra would, with Hydra's and OmegaConf's
+def compose_or_fail(config_name: str, argv: list[str], groups: tuple[str, ...] = ()):
+    """The config the command line asks for, composed as Hydra would (msam's tree, then the user's
+    --config-dir and hydra.searchpath folders: msam.search_path), with Hydra's and OmegaConf's
     errors (a typo in a key, an override it cannot parse, a missing group option) raised as
-    ConfigError: Hydra itself would print them over several lines with exit code 1. Interpolations
-    are resolved by each tool's checks, after the checks whose messages say more (a GLUE task's
-    tokenizer interpolates model.checkpoint, which only text models have). None for a sweep that
-    Hydra must expand itself (glob, interval)."""
-    from hydra import compose, initialize_config_dir
+    ConfigError: Hydra itself would print them over several lines with exit code 1. An unknown
+    option of one of `groups` is one line listing the valid ones, the user's included.
+    Interpolations are resolved by each tool's checks, after the checks whose messages say more (a
+    GLUE task's tokenizer interpolates model.checkpoint, which only text models have). None for a
+    sweep that Hydra must expand itself (glob, interval), and for Hydra's own options (--help)."""
+    from hydra import compose
 
-    overrides = [a for a in argv if a not in SWEEP_FLAGS]
+    command = parse_command_line(argv, config_name)
+    if command.hydra_answers:
+        return None
+    overrides = [a for a in command.args if a not in SWEEP_FLAGS]
     try:
-        if len(overrides) < len(argv):
-            overrides = single_job_overrides(overrides)
-            if overrides is None:
-                return None
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return compose(config_name, overrides=overrides)
+        with hydra_initialised(command.config_dir):
+            check_group_choices(overrides, groups, command.config_name)
+            if len(overrides) < len(command.args):
+                overrides = single_job_overrides(overrides)
+                if overrides is None:
+                    return None
+            return compose(command.config_name, overrides=overrides)
     except OverrideParseException as error:
         raise ConfigError(f"cannot parse the override '{unparsable(overrides)}': {one_line(error)}") from error
     except OmegaConfBaseException as error:
         raise ConfigError(config_key_message(error)) from error
     except HydraException as error:
         raise ConfigError(one_line(error)) from error
+
+
+def check_group_choices(overrides: list[str], groups: tuple[str, ...], config_name: str) -> None:
+    """Unknown config-group options get one line listing the valid ones over the whole search path
+    (Hydra prints a stack)."""
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key not in groups or value.startswith(("glob(", "choice(", "range(")):
+            continue  # Hydra's sweep functions: Hydra checks what they expand to
+        valid = group_options(key, config_name, overrides)
+        for choice in value.split(","):
+            if choice not in valid:
+                raise ConfigError(f"unknown {key} '{choice}'; valid: {', '.join(valid)}")
 
 
 def unparsable(overrides: list[str]) -> str:
@@ -183,17 +203,17 @@ def unparsable(overrides: list[str]) -> str:
     return " ".join(overrides)
 
 
-def run_tool(prog: str, config_dir: Path, config_name: str, hydra_main: Callable[[], None]) -> None:
+def run_tool(prog: str, config_name: str, hydra_main: Callable[[], None], groups: tuple[str, ...] = ()) -> None:
     """A tool's entry point: check the command line, let Hydra run it (each tool's task runs
     under `guarded`), then say whether a sweep's jobs failed."""
-    preflight(prog, config_dir, config_name, sys.argv[1:])
+    if not CONF_DIR.is_dir():
+        fail(prog, f"msam's config tree is missing (looked in {CONF_DIR}); reinstall msam", 2)
+    preflight(prog, config_name, sys.argv[1:], groups)
     hydra_main()
     finish_sweep(prog)
 
 
-def preflight(prog: str, config_dir: Path, config_name: str, argv: list[str]) -> None:
+def preflight(prog: str, config_name: str, argv: list[str], groups: tuple[str, ...] = ()) -> None:
     """Check the command line before Hydra runs it; Hydra's own options (--help, --cfg, ...) are
     left to Hydra."""
-    if any(a.startswith("-") and a not in SWEEP_FLAGS for a in argv):
-        return
-    guarded(prog, lambda: compose_or_fail(config_dir, config_name, argv))
+    guarded(prog, lambda: compose_or_fail(config_name, argv, groups))

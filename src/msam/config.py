@@ -18,6 +18,7 @@ from msam.errors import ConfigError
 from msam.methods import MSAM_IMPLEMENTATIONS, RWSAM_IMPLEMENTATIONS, VMAP_IMPLEMENTATIONS
 from msam.models import check_input_size, check_model
 from msam.schedule import schedule_steps
+from msam.targets import has_target
 
 
 def require(condition: bool, message: str) -> None:
@@ -57,7 +58,7 @@ def check_device(cfg: DictConfig) -> None:
 def check_pairing(cfg: DictConfig) -> None:
     """Text data sets go with text models, images with image models (first: the other checks
     read keys that only the right pairing has, such as the tokenizer's model.checkpoint)."""
-    text_data, text_model = cfg.dataset.name in GLUE_TASKS, cfg.model.arch == "transformers"
+    text_data, text_model = cfg.dataset.name in GLUE_TASKS, cfg.model.get("arch") == "transformers"
     require(text_data == text_model, f"dataset={cfg.dataset.name} does not go with model={cfg.model.name}: GLUE tasks "
             f"({', '.join(GLUE_TASKS)}) take a transformers model (model=roberta_base), image data sets the others")
     for method in (cfg.method, cfg.switch.then):
@@ -136,6 +137,8 @@ def check_all(cfg: DictConfig) -> None:
     check_compile(cfg)
     check_optimisation(cfg)
     check_model(cfg.model)
+    if has_target(cfg.dataset):  # the keys check_images reads, named in the data set's own terms
+        check_data(cfg.dataset, cfg.get("smoke"))
     check_images(cfg)
     check_data(cfg.dataset, cfg.get("smoke"))
 

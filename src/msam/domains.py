@@ -242,11 +242,27 @@ def check_value(key: str, value, domain: Domain | None) -> None:
         raise ConfigError(f"{key} must be {problem}, got {value!r}")
 
 
+def with_targets(table: dict[str, dict], plain: dict) -> dict[str, dict]:
+    """A model or data set given by _target_ (msam.targets): only msam's own keys are checked, and
+    its name is any text; the other keys are its callable's arguments, which it checks itself."""
+    from msam.data.target import TARGET_DATA_KEYS
+    from msam.models import TARGET_MODEL_KEYS
+
+    table = dict(table)
+    for section, own in (("model", TARGET_MODEL_KEYS), ("dataset", TARGET_DATA_KEYS)):
+        node = plain.get(section) if isinstance(plain, dict) else None
+        if section in table and isinstance(node, dict) and "_target_" in node:
+            table[section] = {key: domain for key, domain in table[section].items() if key in own}
+            table[section]["name"] = Text()
+    return table
+
+
 def check_domains(cfg, table: dict[str, dict] | None = None) -> None:
     """Every key of the table that the config has, in its domain (msam-train's table by default);
     the first one outside is one ConfigError line. A dict where a value belongs is outside too."""
     table = domains() if table is None else table
     plain = OmegaConf.to_container(cfg, resolve=True)
+    table = with_targets(table, plain)
     for section, keys in table.items():
         node = plain
         for part in section.split(".") if section else ():

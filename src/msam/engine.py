@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from msam import allocator, checkpoints, dist, runs
 from msam import precision as precisions
-from msam.config import check_config, derived_values
+from msam.config import check_config, derived_values, smallest_micro_batch
 from msam.data import build_data
 from msam.data.bundle import DataBundle
 from msam.errors import ConfigError, RunError
@@ -25,11 +25,13 @@ from msam.method_schedule import MethodSchedule
 from msam.methods.params import trainable_parameters
 from msam.mirror import NoMirror, build_mirror
 from msam.models import build_model
+from msam.models.built import check_built_model
 from msam.optim import build_optimizer
 from msam.precision import Precision
 from msam.preemption import Preemption
 from msam.run_state import EpochTotals, checkpoint_state, epoch_row, mark_failed, restore_state, summarise
 from msam.schedule import build_schedule
+from msam.targets import built_record, has_target
 
 log = logging.getLogger("msam")
 
@@ -212,6 +214,8 @@ def setup(cfg: DictConfig, ctx: dist.DistContext, run_dir, process_split: dict):
     if ctx.enabled:
         derived.update(process_split)
     model = build_model(cfg.model, data.num_classes, data.input_shape, cfg.get("smoke")).to(device)
+    if has_target(cfg.model):
+        check_built_model(model, cfg.model.name, data.num_classes, data.input_shape, smallest_micro_batch(cfg), device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile.enabled:
@@ -245,7 +249,7 @@ def train_run(cfg: DictConfig, ctx: dist.DistContext, run_dir, process_split: di
     """The epochs of one run in its (locked) run directory: train, evaluate, write, checkpoint."""
     t, derived, epoch, step, in_progress = setup(cfg, ctx, run_dir, process_split)
     rows = [r for r in runs.read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch]
-    provenance = {**runs.provenance(t.device), "precision": precisions.settings(cfg)}
+    provenance = {**runs.provenance(t.device), "precision": precisions.settings(cfg), "built": built_record(cfg.model, cfg.dataset, t.model, t.data)}
     mirror = NoMirror()
     if ctx.is_main:
         runs.rewrite_metrics(run_dir / "metrics.jsonl", rows)

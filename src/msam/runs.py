@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from msam import paths
 from msam.errors import ConfigError, RunError
 from msam.lock import RunLock
 from msam.methods import method_label
@@ -135,8 +136,15 @@ def append_metrics(path: Path, row: dict) -> None:
     rewrite_metrics(path, read_metrics(path) + [row])
 
 
-def git_commit() -> str:
-    source = Path(__file__).resolve().parent
+def git_commit(source: Path | None = None) -> str | None:
+    """The commit of the checkout that holds `source` (msam's own code by default), with -dirty
+    for uncommitted changes; "unknown" where git cannot say. msam installed from a wheel has no
+    checkout (its version is in package_versions): None, rather than the commit of whatever
+    repository the environment happens to sit in."""
+    if source is None:
+        if not paths.FROM_CHECKOUT:
+            return None
+        source = paths.PACKAGE_DIR
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True,
                                 text=True, timeout=10).stdout.strip()

@@ -1,4 +1,5 @@
-"""Data sets by name. Each builder returns a DataBundle; checkers fail fast on missing data."""
+"""Data sets by name, or of the user's own by dataset._target_ (msam.data.target). Each builder returns a
+DataBundle; checkers fail fast on missing data."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from msam.data.digits import build_digits
 from msam.data.glue import TASKS as GLUE_TASKS
 from msam.data.glue import build_glue, build_smoke_text, check_glue
 from msam.data.synthetic import build_smoke, build_synthetic
+from msam.data.target import build_target_data, check_target_data
 from msam.errors import ConfigError
+from msam.targets import has_target
 
 
 # CIFAR and ImageNet are read through torchvision, whose import costs seconds at every start of
@@ -49,6 +52,11 @@ CHECKERS = {"cifar10": check_cifar, "cifar100": check_cifar, "imagenet": check_i
 
 def check_data(cfg, smoke=None) -> None:
     """Fail with one line, before any compute, if the data set is unknown or missing."""
+    if has_target(cfg):
+        check_target_data(cfg)
+        if cfg.name in BUILDERS:  # msam's own names key behaviour (GLUE's tokens, ImageNet's crop)
+            raise ConfigError(f"dataset.name={cfg.name} is one of msam's own data sets; give yours another name")
+        return
     if cfg.name not in BUILDERS:
         raise ConfigError(f"unknown dataset '{cfg.name}'; valid: {', '.join(sorted(BUILDERS))}")
     shape = REAL_SHAPES.get(cfg.name)
@@ -66,4 +74,6 @@ def build_data(cfg, batch_size: int, eval_batch_size: int, seed: int, device, sm
         return build_smoke_text(cfg, smoke, batch_size, eval_batch_size, seed, device)
     if smoke is not None:
         return build_smoke(cfg, smoke, batch_size, eval_batch_size, seed, device)
+    if has_target(cfg):
+        return build_target_data(cfg, batch_size, eval_batch_size, seed, device)
     return BUILDERS[cfg.name](cfg, batch_size, eval_batch_size, seed, device)

@@ -18,6 +18,7 @@ class DataBundle:
     input_shape: tuple[int, ...]
     train_size: int
     test_size: int
+    fingerprint: str | None = None  # a data set of the user's own: a hash of what its callable returned
 
     def shard(self, rank: int, world_size: int) -> None:
         """Under torchrun: this process's share of every training batch and of the test batches."""

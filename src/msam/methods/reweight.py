@@ -98,7 +98,7 @@ class GibbsReweighting:
         """conf/method/rwsam.yaml's settings, with overrides (lam=..., probes=...): for library use."""
         from omegaconf import OmegaConf
 
-        from msam.train import CONF_DIR
+        from msam.paths import CONF_DIR
 
         method = OmegaConf.load(CONF_DIR / "method" / "rwsam.yaml")
         if "lam" in overrides:

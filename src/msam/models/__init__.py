@@ -13,6 +13,7 @@ from msam.models.pretrained import check_checkpoint, loading_checkpoint, timm_vi
 from msam.models.small_cnn import small_cnn
 from msam.models.text import check_text_checkpoint, text_classifier
 from msam.models.wide_resnet import WideResNet
+from msam.targets import call_target, has_target, locate
 
 CIFAR_DEPTHS = tuple(DEPTHS)
 # The keys each architecture's builder reads (conf/model/*.yaml give them).
@@ -22,6 +23,9 @@ ARCH_KEYS = {"small_cnn": ("width",), "cifar_resnet": ("depth",), "wide_resnet":
 ARCHITECTURES = tuple(ARCH_KEYS)
 # How much each BatchNorm architecture shrinks an image's side before its last BatchNorm.
 BATCHNORM_STRIDE = {"small_cnn": 2, "cifar_resnet": 8, "wide_resnet": 4, "torchvision": 32}
+# A model given by _target_: msam's own keys, read by msam and not passed to the callable (the
+# smoke overlay sets pretrained_required on every model).
+TARGET_MODEL_KEYS = ("name", "pretrained_required")
 
 
 def last_batchnorm_side(arch: str, side: int) -> int:
@@ -51,7 +55,21 @@ def torchvision_models() -> list[str]:
     return models.list_models()
 
 
+def check_target_model(cfg) -> None:
+    """A model of the user's own (model._target_): the name runs are filed under, and a callable
+    that imports. What it builds is checked once built (check_built_model)."""
+    if "name" not in cfg:
+        raise ConfigError("a model given by _target_ needs model.name (the name its runs and report rows carry)")
+    if "arch" in cfg:
+        raise ConfigError(f"model {cfg.name} has both _target_ and arch: a model is built from one of them "
+                          "(remove model.arch, or ~model._target_)")
+    locate(cfg, "model")
+
+
 def check_model(cfg) -> None:
+    if has_target(cfg):
+        check_target_model(cfg)
+        return
     if cfg.arch not in ARCHITECTURES:
         raise ConfigError(f"unknown model.arch '{cfg.arch}'; valid: {', '.join(ARCHITECTURES)}")
     if cfg.arch == "transformers":
@@ -82,7 +100,10 @@ def check_model(cfg) -> None:
 def check_input_size(cfg, side: int, channels: int, micro_batch: int) -> None:
     """Images of side x side pixels through the model: a ViT needs whole patches, the small CNN's
     pooling at least 2 pixels, torchvision's ImageNet models 3 channels, and BatchNorm in training
-    more than one value per channel in its last layer (micro-batch x the last feature map)."""
+    more than one value per channel in its last layer (micro-batch x the last feature map). A model
+    of the user's own is checked by running it, once built (check_built_model)."""
+    if has_target(cfg):
+        return
     if cfg.arch in BATCHNORM_STRIDE:
         last = last_batchnorm_side(cfg.arch, side)
         if micro_batch * last * last < 2:
@@ -101,8 +122,19 @@ def check_input_size(cfg, side: int, channels: int, micro_batch: int) -> None:
         raise ConfigError(f"model=small_cnn pools 2x2: images of side {side} are too small")
 
 
+def build_target_model(cfg) -> nn.Module:
+    model = call_target(cfg, "model", TARGET_MODEL_KEYS)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model._target_={cfg._target_} returned a {type(model).__name__}, not a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model._target_={cfg._target_} built a module without trainable parameters")
+    return model
+
+
 def build_model(cfg, num_classes: int, input_shape: tuple[int, ...], smoke=None) -> nn.Module:
     check_model(cfg)
+    if has_target(cfg):
+        return build_target_model(cfg)
     if cfg.arch == "transformers":
         with loading_checkpoint(cfg):
             return text_classifier(cfg, num_classes, smoke)

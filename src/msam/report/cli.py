@@ -21,7 +21,7 @@ from msam.report.collect import collect_runs
 from msam.report.render import show, write_report
 from msam.report.tables import REPORTS
 from msam.runs import writable_folder
-from msam.train import CONF_DIR
+from msam.paths import CONF_DIR
 
 PROG = "msam-report"
 
@@ -71,7 +71,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_tool(PROG, CONF_DIR, "report", hydra_main)
+    run_tool(PROG, "report", hydra_main)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-PAPER_DIR = Path(__file__).resolve().parents[3] / "results" / "paper"
+from msam.paths import PAPER_DIR
+
 MATCH_KEYS = ["dataset", "model", "method", "m"]
 
 

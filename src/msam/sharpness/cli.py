@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from msam import dist
 from msam.cli import guarded, run_tool
 from msam.errors import ConfigError
-from msam.train import CONF_DIR
+from msam.paths import CONF_DIR
 
 PROG = "msam-sharpness"
 log = logging.getLogger("msam")
@@ -72,7 +72,7 @@ def measure_on_every_process(cfg: DictConfig) -> None:
 
 def main() -> None:
     logging.getLogger("msam").setLevel(logging.INFO)
-    run_tool(PROG, CONF_DIR, "sharpness", hydra_main)
+    run_tool(PROG, "sharpness", hydra_main)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from msam.models import build_model
 from msam.precision import exact_fp32
 from msam.sharpness.measure import measure_sharpness
 from msam.sharpness.operator import PRODUCTS, ReIterable
-from msam.train import CONF_DIR
+from msam.paths import CONF_DIR
 
 log = logging.getLogger("msam")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
