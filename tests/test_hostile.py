@@ -227,7 +227,7 @@ def test_every_tool_answers_bad_command_lines_in_one_line_with_exit_2(tool, arg,
 
 
 @pytest.mark.parametrize("args, message", [
-    (["models=[resnet9]"], "models must be a list of 1 or more items, each one of imagenet_resnet50, imagenet_wrn50_2, resnet18"),
+    (["models=[resnet9]"], "unknown model 'resnet9'; valid: imagenet_resnet50, imagenet_wrn50_2, resnet18"),
     (["ms=[0,4]"], "ms must be a list of 1 or more items, each an integer >= 1 (0 is not), got [0, 4]"),
     (["baselines=[sam]"], "baselines must include vanilla and sam"),
     (["ms=[4]", "batch_sizes=[6]"], "no m in ms=[4] divides a batch size in batch_sizes=[6]"),
