@@ -17,6 +17,7 @@ from hydra import compose
 from omegaconf import open_dict
 
 from msam import engine, runs
+from msam.errors import RunError
 from msam.bench import main as bench_main
 from msam.search_path import hydra_initialised
 from msam.train import main as train_main
@@ -163,6 +164,29 @@ def test_a_users_run_resumes_bit_identical(project, train_interrupted):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_users_data_set_that_changes_between_calls_is_refused_on_resume(project, train_interrupted, monkeypatch):
+    cfg = cfg_from(project, "experiment=shapes", "method=sam", "epochs=3")
+    real, calls = engine.train_epoch, {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg)
+    monkeypatch.setattr(engine, "train_epoch", real)
+    # the same config, other code: the data set's function now returns other images
+    data = project / "my_project" / "data.py"
+    data.write_text(data.read_text().replace("generator=gen)).clamp", "generator=gen) + 0.01).clamp"))
+    for name in ("my_project", "my_project.data"):  # imported afresh (a new process would)
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(RunError, match="returned other data than .*last.pt was trained on"):
+        engine.train(cfg)
+
+
 def test_sharpness_and_reports_of_a_users_run(project, run_cli):
     from msam.report.cli import main as report_main
     from msam.sharpness import measure_run
@@ -173,16 +197,17 @@ def test_sharpness_and_reports_of_a_users_run(project, run_cli):
     run_dir = runs.run_dir_for(cfg)
     result = measure_run(run_dir, default_settings(max_iter=30, tol=1e-3, trace_probes=4, batch_size=64))
     assert result["data"]["samples"] == 128 and result["lambda_max"] > 0
-    # lambda_max of the same Hessian by a dense eigendecomposition of the user's model on the user's data
-    from msam.data.analysis import analysis_data
-    from msam.sharpness.run import rebuilt_model
+    # lambda_max by a dense eigendecomposition, built from the user's code directly: their function's
+    # training images normalised by the config's mean and std, their model with the run's weights
+    from my_project.data import shapes
+    from my_project.models import TinyConvNet
 
-    state = torch.load(run_dir / "last.pt", weights_only=False)
-    data = analysis_data(cfg, 128, None, 0, torch.device("cpu"), torch.float64)
-    model = rebuilt_model(cfg, state, data.input_shape, torch.device("cpu"), torch.float64, run_dir).eval()
+    raw = shapes(train_size=128, test_size=64, side=12, noise=0.3, seed=0)
+    inputs, targets = ((raw["train_images"] - 0.20) / 0.29).double(), raw["train_labels"]
+    model = TinyConvNet(1, 4, width=4).double().eval()
+    model.load_state_dict(torch.load(run_dir / "last.pt", weights_only=True)["model"])
     names = [n for n, p in model.named_parameters()]
     params = {n: p.detach() for n, p in model.named_parameters()}
-    inputs, targets = next(iter(data.batches()))
 
     def loss(flat):
         split, start = {}, 0
@@ -196,6 +221,13 @@ def test_sharpness_and_reports_of_a_users_run(project, run_cli):
     dense = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
     assert abs(result["lambda_max"] - dense[-1].item()) < 1e-3 * dense[-1].item()
     assert run_cli(report_main, "tables=[tab2,tab4]", "runs=runs", "out=report") == 0
+    # measured again on other data than the run was trained on: refused
+    data = project / "my_project" / "data.py"
+    data.write_text(data.read_text().replace("generator=gen)).clamp", "generator=gen) + 0.01).clamp"))
+    for name in ("my_project", "my_project.data"):  # imported afresh (a new process would)
+        sys.modules.pop(name)
+    with pytest.raises(RunError, match="returned other data than .* was trained on"):
+        measure_run(run_dir, default_settings(max_iter=30, tol=1e-3, trace_probes=4, batch_size=64))
     table = (project / "report" / "tab4.md").read_text()
     assert "| shapes | tiny_convnet | sam |" in table and f"{result['lambda_max']:.3f}" in table
 
@@ -210,7 +242,8 @@ def free_port() -> int:
 
 def test_two_processes_train_a_users_model_as_one(project):
     common = ["--config-dir", "conf", "experiment=shapes", "method=msam", "method.m=4", "method.impl=loop", *SMALL]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(project)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     ddp = subprocess.run([torchrun, "--nproc-per-node=2", "--master-port", str(free_port()), "-m", "msam.train",
                           *common, "paths.runs=ddp"], capture_output=True, text=True, timeout=300, cwd=project, env=env)
