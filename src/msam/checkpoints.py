@@ -84,3 +84,16 @@ def check_same_config(state: dict, path: Path, cfg: DictConfig) -> None:
                        "resume=never starts over")
     if differences:
         log.warning(f"resume=force: resuming {path} although {', '.join(differences)} differ")
+
+
+def check_same_data(state: dict, path: Path, fingerprint: str | None, force: bool) -> None:
+    """A data set of the user's own must return the same data at every call: a resumed run (or a
+    measurement) on other data would silently mix two data sets."""
+    recorded = state.get("data_fingerprint")
+    if recorded is None or fingerprint is None or recorded == fingerprint:
+        return
+    message = (f"dataset._target_ returned other data than {path} was trained on (fingerprint {fingerprint}, "
+               f"recorded {recorded}): a data set of your own must return the same data at every call")
+    if not force:
+        raise RunError(message + "; resume=force goes on anyway")
+    log.warning(f"resume=force: {message}")

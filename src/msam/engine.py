@@ -230,6 +230,7 @@ def setup(cfg: DictConfig, ctx: dist.DistContext, run_dir, process_split: dict):
     state, path = checkpoints.load(run_dir) if cfg.resume != "never" else (None, None)
     if state is not None:
         checkpoints.check_same_config(state, path, cfg)
+        checkpoints.check_same_data(state, path, data.fingerprint, cfg.resume == "force")
         epoch, step, in_progress = restore_state(state, model, optimizer, scheduler)
         precision.load_state_dict(state.get("grad_scaler", {}))
         log.info(f"resuming {run_dir} from {path.name} at epoch {epoch + 1}, batch {in_progress.batches} "
@@ -262,7 +263,8 @@ def train_run(cfg: DictConfig, ctx: dist.DistContext, run_dir, process_split: di
     def save(epochs_done: int, unfinished: EpochTotals | None) -> None:
         if ctx.is_main:
             checkpoints.save(run_dir, checkpoint_state(cfg, t.model, t.optimizer, t.scheduler, epochs_done, step,
-                                                       unfinished, t.precision, t.methods.ran))
+                                                       unfinished, t.precision, t.methods.ran,
+                                                       t.data.fingerprint))
 
     t.preemption.install()
     try:

@@ -31,7 +31,7 @@ class EpochTotals:
 
 def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int,
                      in_progress: EpochTotals | None = None, precision: Precision | None = None,
-                     implementations: dict | None = None) -> dict:
+                     implementations: dict | None = None, data_fingerprint: str | None = None) -> dict:
     """Everything a resumed run needs; epoch counts completed epochs, in_progress the epoch under way."""
     return {
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -39,6 +39,7 @@ def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int,
         "model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "grad_scaler": precision.state_dict() if precision is not None else {},
         "implementations": implementations or {},  # what ran (impl=auto's choice): a resumed run keeps it
+        "data_fingerprint": data_fingerprint,  # a data set of the user's own (msam.data.target): checked on resume
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }

@@ -42,6 +42,7 @@ class AnalysisData:
     num_samples: int  # over all processes
     input_shape: tuple[int, ...]
     dtype: torch.dtype
+    fingerprint: str | None = None  # a data set of the user's own: what its callable returned (msam.data.target)
 
     def batches(self):
         """This process's batches on the device; image inputs in the measuring dtype."""
@@ -78,4 +79,4 @@ def analysis_data(run_cfg, batch_size: int, max_samples: int | None, seed: int, 
     else:
         loader = TensorLoader(train.inputs[share], train.targets[share], batch_size, shuffle=False, drop_last=False,
                               resize=train.resize, device=device)
-    return AnalysisData(loader, len(index), data.input_shape, dtype)
+    return AnalysisData(loader, len(index), data.input_shape, dtype, data.fingerprint)

@@ -101,6 +101,7 @@ def measure_run(run_dir: str | Path, settings: DictConfig, ctx: dist.DistContext
     cfg, state = load_finished_run(run_dir)
     data = analysis_data(cfg, settings.batch_size, settings.max_samples, settings.seed, ctx.device, dtype,
                          ctx.rank, ctx.world_size)
+    checkpoints.check_same_data(state, run_dir / "last.pt", data.fingerprint, force=False)
     model = rebuilt_model(cfg, state, data.input_shape, ctx.device, dtype, run_dir)
     loss = per_sample_cross_entropy(cfg.label_smoothing)
     log.info(f"sharpness of {run_dir.name}: {data.num_samples} training samples over {ctx.world_size} process(es), "
