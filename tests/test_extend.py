@@ -144,7 +144,7 @@ def test_the_vmap_implementations_equal_the_loop_on_a_users_model(project):
         cfg = cfg_from(project, "experiment=shapes", "method=msam", "method.m=4", f"++method.impl={impl}")
         with open_dict(cfg):
             cfg.paths.runs = str(project / "runs" / impl)
-        engine.train(cfg)
+        assert engine.train(cfg)["derived"]["method.impl"] == impl  # it ran, not a fallback to the loop
         finals[impl] = torch.load(runs.run_dir_for(cfg) / "last.pt", weights_only=True)["model"]
     for impl in ("vmap", "vmap_ascent"):
         difference = max((finals[impl][k].double() - finals["loop"][k].double()).abs().max().item()
@@ -342,6 +342,7 @@ def without_test_labels(**kwargs):
      "Expected more than 1 value per channel when training"),
     (["~dataset.std"], "a data set given by _target_ needs dataset.std"),
     (["dataset.name=digits"], "dataset.name=digits is one of msam's own data sets"),
+    (["model.name=a/b"], "model.name='a/b' names run directories: give a name without '/'"),
     (["dataset.image_shape=[1,10,10]"], "train_images have shape [128, 1, 12, 12], but dataset.image_shape=[1, 10, "
                                         "10]"),
     (["dataset.num_classes=3"], "train_labels run from 0 to 3, outside [0, 3) (dataset.num_classes=3)"),

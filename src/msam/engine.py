@@ -214,10 +214,11 @@ def setup(cfg: DictConfig, ctx: dist.DistContext, run_dir, process_split: dict):
     if ctx.enabled:
         derived.update(process_split)
     model = build_model(cfg.model, data.num_classes, data.input_shape, cfg.get("smoke")).to(device)
-    if has_target(cfg.model):
-        check_built_model(model, cfg.model.name, data.num_classes, data.input_shape, smallest_micro_batch(cfg), device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if has_target(cfg.model):
+        check_built_model(model, cfg.model.name, data.num_classes, data.input_shape, smallest_micro_batch(cfg), device,
+                          cfg.channels_last)
     if cfg.compile.enabled:
         model.compile(backend=cfg.compile.backend, mode=cfg.compile.mode, dynamic=cfg.compile.dynamic)
     precision = Precision.from_config(cfg, device)

@@ -29,6 +29,9 @@ def locate(cfg, group: str):
     from hydra.utils import get_object
 
     path = cfg["_target_"]
+    name = str(cfg.get("name", ""))
+    if "/" in name or name in (".", ".."):
+        raise ConfigError(f"{group}.name={name!r} names run directories: give a name without '/'")
     if not isinstance(path, str) or not path.strip():
         raise ConfigError(f"{group}._target_ must be a dotted path (my_project.models.Net), got {path!r}")
     try:
@@ -87,7 +90,7 @@ def built_record(model_cfg, dataset_cfg, model, data) -> dict:
               "data": {"train_size": data.train_size, "test_size": data.test_size,
                        "input_shape": list(data.input_shape), "num_classes": data.num_classes}}
     if has_target(model_cfg):
-        record["model"].update(target=model_cfg["_target_"], source=source_of(type(module)))
+        record["model"].update(target=model_cfg["_target_"], source=source_of(locate(model_cfg, "model")))
     if has_target(dataset_cfg):
         record["data"].update(target=dataset_cfg["_target_"], source=source_of(locate(dataset_cfg, "dataset")),
                               fingerprint=data.fingerprint)

@@ -23,10 +23,11 @@ def first_line(error: Exception) -> str:
 
 
 def check_built_model(model: nn.Module, name: str, num_classes: int, input_shape: tuple[int, ...],
-                      micro_batch: int, device: torch.device) -> None:
+                      micro_batch: int, device: torch.device, channels_last: bool = False) -> None:
     """The model takes images of input_shape, gives num_classes logits per image, and trains on
     micro-batches of micro_batch images (BatchNorm in training mode needs more than one value per
-    channel)."""
+    channel). With channels_last the zeros are in that memory format, as the batches will be."""
+    memory_format = torch.channels_last if channels_last and len(input_shape) == 3 else torch.contiguous_format
     was_training = model.training
     shape = tuple(input_shape)
     devices = [device] if device.type == "cuda" else []
@@ -34,8 +35,8 @@ def check_built_model(model: nn.Module, name: str, num_classes: int, input_shape
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             model.eval()
             try:
-                logits = model(torch.zeros((2, *shape), device=device))
-            except (RuntimeError, ValueError, TypeError, IndexError) as error:
+                logits = model(torch.zeros((2, *shape), device=device).to(memory_format=memory_format))
+            except Exception as error:  # noqa: BLE001 - whatever the user's forward raises is bad input here
                 raise ConfigError(f"model={name} cannot take this data set's images of shape {list(shape)}: "
                                   f"{first_line(error)}") from None
             if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
@@ -45,8 +46,8 @@ def check_built_model(model: nn.Module, name: str, num_classes: int, input_shape
             model.train()
             with running_stats_frozen(model):
                 try:
-                    model(torch.zeros((micro_batch, *shape), device=device))
-                except (RuntimeError, ValueError) as error:
+                    model(torch.zeros((micro_batch, *shape), device=device).to(memory_format=memory_format))
+                except Exception as error:  # noqa: BLE001
                     raise ConfigError(f"model={name} fails in training mode on micro-batches of {micro_batch} "
                                       f"image(s) (batch_size / method.m, per process): {first_line(error)}; use "
                                       "larger micro-batches") from None
