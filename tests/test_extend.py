@@ -108,6 +108,8 @@ hydra:
     (["--config-dir", "conf", "model=nope"], "unknown model 'nope'; valid: "),
     (["hydra.searchpath=[file://conf]", "dataset=nope"], "unknown dataset 'nope'; valid: "),
     (["--config-dir", "no_such_folder", "experiment=shapes"], "--config-dir no_such_folder: no such folder"),
+    (["hydra.searchpath=[file://no_such_folder]", "experiment=shapes"],
+     "hydra.searchpath entry file://no_such_folder: no such folder"),
     (["--config-dir", "conf", "experiment=shapes", "optim.lr=-1"], "optim.lr must be"),
     (["--config-dir", "conf", "experiment=shapes", "dataset.mean=[0.1,0.2]"], "dataset.mean has 2 values"),
 ])

@@ -20,7 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from msam.errors import ConfigError, RunError
 from msam.paths import CONF_DIR
-from msam.search_path import SWEEP_FLAGS, group_options, hydra_initialised, parse_command_line
+from msam.search_path import (SWEEP_FLAGS, check_searchpath_folders, group_options, hydra_initialised,
+                              parse_command_line)
 
 T = TypeVar("T")
 FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -162,6 +163,7 @@ def compose_or_fail(config_name: str, argv: list[str], groups: tuple[str, ...] =
         return None
     overrides = [a for a in command.args if a not in SWEEP_FLAGS]
     try:
+        check_searchpath_folders(overrides)
         with hydra_initialised(command.config_dir):
             check_group_choices(overrides, groups, command.config_name)
             if len(overrides) < len(command.args):

@@ -98,6 +98,18 @@ def hydra_initialised(config_dir: Path | None):
         restore_gh_from_backup(backup)
 
 
+def check_searchpath_folders(overrides: list[str]) -> None:
+    """A `file://` entry of hydra.searchpath that is not a folder is one line (Hydra warns over two
+    lines, then cannot find the user's names)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(searchpath_overrides(overrides)):
+        entries = override.value()
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, str) and entry.startswith("file://") and not Path(entry[7:]).expanduser().is_dir():
+                raise ConfigError(f"hydra.searchpath entry {entry}: no such folder")
+
+
 def searchpath_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.split("=", 1)[0] == "hydra.searchpath"]
 
