@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian
 
-from msam.sharpness.measure import NotConverged, measure_sharpness
+from msam.sharpness.measures import NotConverged, measure_sharpness
 from msam.sharpness.operator import PRODUCTS, ReIterable, TrainingLossHessian
 
 

@@ -40,7 +40,10 @@ def test_measure_run_writes_sharpness_json(finished_run):
     assert stored["data"] == {"dataset": "digits", "split": "train", "samples": 256, "batch_size": 100,
                               "max_samples": 256, "input_shape": [1, 8, 8], "augmentation": "none",
                               "order": "fixed", "processes": 1}
-    assert stored["hvp_count"] == 30 + 8 and stored["trace_stderr"] > 0
+    # Lanczos stopped at tol: fewer than max_iter steps, plus one product for the true residual
+    assert stored["hvp_count"] == stored["hvp_count_lambda_max"] + 8 and stored["trace_stderr"] > 0
+    assert stored["hvp_count_lambda_max"] == stored["iterations"] + 1 < 30
+    assert 0 < stored["lambda_max_residual"] <= 1e-3
     assert "weight decay is not included" in stored["loss"] and stored["dtype"] == "float64"
     assert stored["hvp_cost_vs_gradient"] > 0 and stored["checkpoint_epoch"] == 1
     assert stored["hvp_method"] == "double_backward" and stored["estimated_seconds_at_most"] > 0
@@ -174,7 +177,7 @@ def test_resized_cifar_and_glue_smoke_runs_are_measured_in_one_sweep(make_cfg, t
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped" not in result.stdout + result.stderr
-    assert (result.stdout + result.stderr).count("at most 5 Hessian-vector products") == 2  # the cost, up front
+    assert (result.stdout + result.stderr).count("at most eigen: 8 products; trace: 1 products") == 2  # up front
     measured = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/sharpness.json")}
     assert len(measured) == 2
     shapes = sorted(r["data"]["input_shape"] for r in measured.values())

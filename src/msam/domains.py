@@ -131,6 +131,18 @@ class Optional(Domain):
 
 
 @dataclass(frozen=True)
+class Either(Domain):
+    first: Domain
+    second: Domain
+
+    def accepts(self, value) -> bool:
+        return self.first.accepts(value) or self.second.accepts(value)
+
+    def describe(self) -> str:
+        return f"{self.first.describe()} or {self.second.describe()}"
+
+
+@dataclass(frozen=True)
 class ListOf(Domain):
     item: Domain
     length: int | None = None

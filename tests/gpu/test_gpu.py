@@ -136,7 +136,7 @@ def test_inductor_compile_trains_like_eager(make_cfg, device):
 
 
 def test_sharpness_on_cuda_equals_the_cpu(device):
-    from msam.sharpness.measure import measure_sharpness
+    from msam.sharpness.measures import measure_sharpness
     from msam.sharpness.operator import ReIterable
 
     def measure(dev):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -43,13 +44,23 @@ class AnalysisData:
     input_shape: tuple[int, ...]
     dtype: torch.dtype
     fingerprint: str | None = None  # a data set of the user's own: what its callable returned (msam.data.target)
+    index: torch.Tensor | None = None  # the measured samples (all processes), positions in the training split
+    loader_for: Callable[[torch.Tensor], object] | None = None  # a fixed-order loader over any of those positions
 
     def batches(self):
         """This process's batches on the device; image inputs in the measuring dtype."""
-        for inputs, targets in self.loader.epoch(0):
+        return self.batches_of(self.loader)
+
+    def batches_of(self, loader):
+        for inputs, targets in loader.epoch(0):
             if not isinstance(inputs, dict):
                 inputs = inputs.to(self.dtype)
             yield inputs, targets
+
+    def subset_batches(self, positions: torch.Tensor):
+        """The batches of the given training-split positions (any process may read any sample:
+        sharpness on batches of n deals whole batches to the processes)."""
+        return self.batches_of(self.loader_for(positions))
 
 
 def analysis_data(run_cfg, batch_size: int, max_samples: int | None, seed: int, device: torch.device,
@@ -63,20 +74,25 @@ def analysis_data(run_cfg, batch_size: int, max_samples: int | None, seed: int, 
         _, evaluate = inception_transforms(cfg)
         dataset = image_folder(cfg, "train", evaluate)
         index = subset_indices(len(dataset), max_samples, seed)
-        share = process_share(index, rank, world_size)
-        loader = FolderLoader(Subset(dataset, share.tolist()), batch_size, shuffle=False, drop_last=False,
-                              seed=seed, num_workers=cfg.num_workers, device=device)
-        return AnalysisData(loader, len(index), (3, cfg.image_size, cfg.image_size), dtype)
+
+        def loader_for(positions: torch.Tensor):
+            return FolderLoader(Subset(dataset, positions.tolist()), batch_size, shuffle=False, drop_last=False,
+                                seed=seed, num_workers=cfg.num_workers, device=device)
+
+        return AnalysisData(loader_for(process_share(index, rank, world_size)), len(index),
+                            (3, cfg.image_size, cfg.image_size), dtype, None, index, loader_for)
     # The run's own batch size: the smoke overlay's data depends on it; real data sets do not.
     plain = OmegaConf.merge(cfg, {"augment": False})
     data = build_data(plain, run_cfg.batch_size, run_cfg.batch_size, seed, torch.device("cpu"), smoke)
     train = data.train
     index = subset_indices(data.train_size, max_samples, seed)
-    share = process_share(index, rank, world_size)
-    if isinstance(train, TokenLoader):
-        loader = TokenLoader([train.ids[i] for i in share.tolist()], train.labels[share], train.pad_id, batch_size,
-                             shuffle=False, drop_last=False, device=device)
-    else:
-        loader = TensorLoader(train.inputs[share], train.targets[share], batch_size, shuffle=False, drop_last=False,
-                              resize=train.resize, device=device)
-    return AnalysisData(loader, len(index), data.input_shape, dtype, data.fingerprint)
+
+    def loader_for(positions: torch.Tensor):
+        if isinstance(train, TokenLoader):
+            return TokenLoader([train.ids[i] for i in positions.tolist()], train.labels[positions], train.pad_id,
+                               batch_size, shuffle=False, drop_last=False, device=device)
+        return TensorLoader(train.inputs[positions], train.targets[positions], batch_size, shuffle=False,
+                            drop_last=False, resize=train.resize, device=device)
+
+    return AnalysisData(loader_for(process_share(index, rank, world_size)), len(index), data.input_shape, dtype,
+                        data.fingerprint, index, loader_for)

@@ -2,7 +2,7 @@
 conf/report.yaml).
 
     msam-report tables=tab2 runs=runs/ out=results/      (tab2, tab3, tab4, tab5, fig1, figB1, rwsam, temperature,
-                                                          curves, or all)
+                                                          curves, density, landscape, or all)
     msam-report tables=[tab2,tab4,tab5] runs=runs/demo   several at once
 """
 

@@ -12,9 +12,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from msam.report.measures import run_measures
+
 COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "epochs", "epochs_completed", "test_acc", "test_mcc", "test_f1",
            "best_test_acc", "seconds_per_epoch", "train_seconds", "seed_group", "lambda_max", "trace",
-           "switch_to", "switch_fraction", "impl", "rw_lambda", "norm_scale", "run_dir"]
+           "switch_to", "switch_fraction", "impl", "rw_lambda", "norm_scale", "run_dir",
+           "negative_mass", "rise_1d", "sharpness_rho"]
+# and, where some run measured them, one column per k-th eigenvalue (lambda_k=5) and per m-sharpness
+# row (sharpness:worst@micro): their names depend on what was measured (msam.report.measures)
 
 
 def read_json(path: Path) -> dict:
@@ -51,6 +56,7 @@ def read_run(run_dir: Path) -> dict:
     if sharpness_path.is_file():
         sharpness = read_json(sharpness_path)
         row["lambda_max"], row["trace"] = sharpness["lambda_max"], sharpness.get("trace")
+        row.update(run_measures(sharpness))
     return row
 
 
@@ -60,9 +66,10 @@ def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     for path in sorted(Path(root).rglob("summary.json")):
         try:
             rows.append(read_run(path.parent))
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, IndexError) as error:
             skipped.append(f"{path.parent}: {error}")
-    return pd.DataFrame(rows, columns=COLUMNS), skipped
+    measured = sorted({key for row in rows for key in row} - set(COLUMNS))
+    return pd.DataFrame(rows, columns=COLUMNS + measured), skipped
 
 
 def single_method(runs: pd.DataFrame) -> pd.DataFrame:

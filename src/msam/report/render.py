@@ -46,4 +46,4 @@ def show(report, console: Console) -> None:
         table.add_row(*(str(v) for v in row))
     console.print(table)
     for note in report.notes:
-        console.print(f"  {note}", highlight=False, soft_wrap=True)
+        console.print(f"  {note}", highlight=False, soft_wrap=True, markup=False)  # notes hold measures=[...]

@@ -14,8 +14,11 @@ import pandas as pd
 
 from msam.report.collect import GROUP_KEYS, MEASURES, implementations, mean_std, measures, single_method
 from msam.report.curves import CURVE_VALUES, curve_numbers, epoch_rows
-from msam.report.figures import against_figure, curves_figure
+from msam.report.figures import against_figure, curves_figure, density_figure, landscape_figure
+from msam.report.measures import SHARPNESS_PREFIX, TOPK_PREFIX, sharpness_order
 from msam.report.paper import load_paper, missing_rows, with_paper
+from msam.report.shapes import (SLICE_KINDS, density_curves, labels, landscape_lines, landscape_planes, rise_rows,
+                                sections)
 
 METHOD_ORDER = {"vanilla": 0, "sam": 1, "asam": 2, "rwsam": 3, "msam": 4}
 
@@ -97,19 +100,85 @@ def glue_table(runs: pd.DataFrame) -> Report:
                   numbers, display, missing_rows(numbers, paper))
 
 
+def extra_measures(runs: pd.DataFrame) -> list[str]:
+    """The runs frame's columns of the measures beyond λ_max and the trace that some run holds, in
+    Table 4's order: k-th eigenvalue, negative mass, m-sharpness rows, 1-D rise."""
+    topk = sorted((c for c in runs.columns if c.startswith(TOPK_PREFIX)), key=lambda c: int(c[len(TOPK_PREFIX):]))
+    sharp = sorted((c for c in runs.columns if c.startswith(SHARPNESS_PREFIX)),
+                   key=lambda c: sharpness_order(c[len(SHARPNESS_PREFIX):]))
+    return [c for c in [*topk, "negative_mass", *sharp, "rise_1d"] if runs[c].notna().any()]
+
+
+def measure_heading(column: str) -> tuple[str, str, int]:
+    """A measure column's display heading, the sharpness.json section it comes from (the
+    `measures=` entry that writes it) and its digits."""
+    if column.startswith(TOPK_PREFIX):
+        return f"λ_k (k={column[len(TOPK_PREFIX):]})", "topk", 3
+    if column.startswith(SHARPNESS_PREFIX):
+        return column[len(SHARPNESS_PREFIX):], "sharpness", 4
+    return {"negative_mass": ("negative mass", "density", 4), "rise_1d": ("1-D rise", "landscape", 4)}[column]
+
+
+def missing_measures(runs: pd.DataFrame, columns: list[str]) -> list[str]:
+    """One note per measured run (it has sharpness.json) and section it lacks a column of: a
+    measure shown for some runs is never silently blank for others."""
+    notes = []
+    for _, run in runs[runs["lambda_max"].notna()].iterrows():  # iterrows: the columns' names have '=', '@'
+        lacking = {}
+        for column in (c for c in columns if pd.isna(run[c])):
+            heading, section, _ = measure_heading(column)
+            lacking.setdefault(section, []).append(heading)
+        for section, headings in lacking.items():
+            notes.append(f"no {', '.join(headings)} in sharpness.json: {run['run_dir']} "
+                         f"(run: msam-sharpness run={run['run_dir']} measures=[{section}])")
+    return notes
+
+
+MEASURE_NOTES = {
+    "topk": "λ_k (k=K): the K-th largest eigenvalue of the training-loss Hessian (sharpness.json's topk)",
+    "density": "negative mass: the share of the Hessian's spectral density below 0, from stochastic Lanczos "
+               "quadrature (sharpness.json's density); see tables=density",
+    "sharpness": "worst@n / avg@n: m-sharpness L_S(w+δ) − L_S(w) averaged over batches S of n samples; worst: δ "
+                 "the worst case (ascent), avg: the mean over random δ, both of radius ρ; -adaptive: the ball "
+                 "scaled by |w| (ASAM); n = micro (the run's micro-batch, batch size / m), batch (its batch size), "
+                 "full (every measured sample) or a number",
+    "landscape": "1-D rise: the mean of the training loss at both ends of the filter-normalized random slice "
+                 "(α = ±span) minus the loss at the trained weights (α = 0); see tables=landscape",
+}
+
+
 def sharpness_table(runs: pd.DataFrame) -> Report:
-    """Table 4: lambda_max (and the Hessian trace) at the final weights, mean ± std over seeds."""
+    """Table 4: lambda_max (and the Hessian trace) at the final weights, mean ± std over seeds;
+    beside them each further measure that some run's sharpness.json holds (k-th eigenvalue,
+    negative mass, m-sharpness, 1-D rise)."""
     runs = single_method(runs)
     lam = mean_std(runs, "lambda_max")
     trace = mean_std(runs, "trace").rename(columns={"mean": "trace_mean", "std": "trace_std", "n": "trace_n"})
-    numbers = ordered(lam.merge(trace, on=GROUP_KEYS, how="left"))
+    numbers = lam.merge(trace, on=GROUP_KEYS, how="left")
+    extra = extra_measures(runs)
+    for column in extra:
+        part = mean_std(runs, column).rename(columns={"mean": f"{column}_mean", "std": f"{column}_std",
+                                                      "n": f"{column}_n"})
+        numbers = numbers.merge(part, on=GROUP_KEYS, how="left")
+    numbers = ordered(numbers)
     display = setting_columns(numbers).assign(**{
         "λ_max": [fmt(r.mean, r.std, 3) for r in numbers.itertuples()],
         "trace": [fmt(r.trace_mean, r.trace_std, 2) for r in numbers.itertuples()],
         "n": numbers["n"].astype(int),
     })
+    for column in extra:
+        heading, _, digits = measure_heading(column)
+        display[heading] = [fmt(mean, std, digits) for mean, std in
+                            zip(numbers[f"{column}_mean"], numbers[f"{column}_std"])]
     unmeasured = runs[runs["lambda_max"].isna()]
     notes = [f"no sharpness.json: {d} (run: msam-sharpness run={d})" for d in unmeasured["run_dir"]]
+    notes += missing_measures(runs, extra)
+    notes += [MEASURE_NOTES[section] for section in dict.fromkeys(measure_heading(c)[1] for c in extra)]
+    if any(c.startswith(SHARPNESS_PREFIX) for c in extra):
+        radii = ", ".join(f"{rho:g}" for rho in sorted(runs["sharpness_rho"].dropna().unique()))
+        notes.append(f"m-sharpness radius ρ (msam-sharpness's, not the training ρ): {radii}")
+    if extra:
+        notes.append("n counts the seeds with λ_max; each further measure's n is in tab4.csv (<measure>_n)")
     notes.append("paper: Table 4's values are not in our copy of the paper (see results/paper/README.md)")
     return Report("tab4", "Table 4: λ_max of the training-loss Hessian, mean ± std over seeds", numbers,
                   display, notes)
@@ -288,6 +357,66 @@ def learning_curves(runs: pd.DataFrame) -> Report:
                   curves_figure(numbers, CURVE_VALUES) if len(numbers) else None)
 
 
+def configuration_rows(numbers: pd.DataFrame) -> pd.DataFrame:
+    """Configurations (one per row) in the methods' usual order, with the figures' labels."""
+    numbers = ordered(numbers)
+    return numbers.assign(label=labels(numbers) if len(numbers) else [])
+
+
+def spectral_density(runs: pd.DataFrame) -> Report:
+    """The Hessian's spectral density (stochastic Lanczos quadrature, Gaussian-smoothed): one panel
+    per data set and model, one line per configuration, mean and a ± std band over seeds on a
+    common grid; the table gives the negative mass."""
+    measured, found, notes = sections(runs, "density")
+    numbers = configuration_rows(mean_std(measured, "negative_mass"))
+    display = numbers[["dataset", "model"]].assign(**{
+        "configuration": numbers["label"],
+        "negative mass": [fmt(r.mean, r.std, 4) for r in numbers.itertuples()],
+        "n": numbers["n"].astype(int)})
+    notes.append("negative mass: the share of the density below 0 (each probe's Lanczos weights on negative "
+                 "Ritz values, averaged over probes); seeds' densities are evaluated on one grid per panel from "
+                 "their Ritz values, weights and σ, and averaged")
+    figure = density_figure(density_curves(measured, found)) if found else None
+    return Report("density", "Hessian spectral density: negative mass, mean ± std over seeds", numbers, display,
+                  notes, figure)
+
+
+RISE_HEADINGS = {"minus": "rise at −span", "plus": "rise at +span"}
+
+
+def loss_landscape(runs: pd.DataFrame) -> Report:
+    """The loss around the trained weights: 1-D slices (random filter-normalized direction, top
+    eigenvector) and the linear path to a paired run, one line per configuration (mean, ± std band
+    over seeds), and 2-D planes as contours (mean over seeds); the table gives each slice's rise at
+    both ends over the loss at the trained weights."""
+    measured, found, notes = sections(runs, "landscape")
+    per_run = rise_rows(measured, found)
+    numbers = None
+    for column in [f"{k}_{end}" for k in SLICE_KINDS[:2] for end in RISE_HEADINGS]:
+        part = mean_std(per_run, column).rename(columns={"mean": f"{column}_mean", "std": f"{column}_std",
+                                                         "n": f"{column}_n"})
+        numbers = part if numbers is None else numbers.merge(part, on=GROUP_KEYS, how="outer")
+    seeds = per_run.groupby(GROUP_KEYS, sort=False, dropna=False).size().rename("n").reset_index()
+    numbers = configuration_rows(seeds.merge(numbers, on=GROUP_KEYS, how="left"))
+    display = numbers[["dataset", "model"]].assign(configuration=numbers["label"])
+    for kind in SLICE_KINDS[:2]:
+        if numbers[f"{kind}_minus_n"].notna().any():
+            for end, heading in RISE_HEADINGS.items():
+                display[f"{kind}: {heading}"] = [fmt(mean, std, 4) for mean, std in
+                                                 zip(numbers[f"{kind}_{end}_mean"], numbers[f"{kind}_{end}_std"])]
+    display["n"] = numbers["n"].astype(int)
+    lines = landscape_lines(measured, found)
+    planes, plane_notes = landscape_planes(measured, found)
+    notes += plane_notes
+    notes.append("rise: the training loss (no weight decay) at the slice's end minus the loss at the trained "
+                 "weights (α = 0); random: a filter-normalized random direction; eigenvector: the top Hessian "
+                 "eigenvector")
+    figure = landscape_figure(lines, planes) if lines or planes else None
+    return Report("landscape", "Loss landscape: rise of the training loss along 1-D slices, mean ± std over seeds",
+                  numbers, display, notes, figure)
+
+
 REPORTS = {"tab2": accuracy_table, "tab4": sharpness_table, "tab5": runtime_table, "fig1": accuracy_vs_m,
            "figB1": switching, "rwsam": rwsam_table, "tab3": glue_table,
-           "curves": learning_curves, "temperature": temperature}
+           "curves": learning_curves, "temperature": temperature, "density": spectral_density,
+           "landscape": loss_landscape}

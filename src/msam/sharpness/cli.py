@@ -1,12 +1,14 @@
 """msam-sharpness: measure finished runs' sharpness (Hydra app over conf/sharpness.yaml).
 
     msam-sharpness run=runs/<run dir>      one run
-    msam-sharpness runs=runs/demo          every finished run under a folder without sharpness.json
+    msam-sharpness runs=runs/demo          every finished run under a folder not yet measured
+    msam-sharpness run=... measures=[topk,density,sharpness,landscape]   the other measures (conf/sharpness.yaml)
     torchrun --nproc-per-node=4 -m msam.sharpness.cli run=...   each process reads its share of the data
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -32,7 +34,19 @@ def run_dirs(cfg: DictConfig) -> list[Path]:
     found = sorted(p.parent for p in Path(cfg.runs).rglob("summary.json"))
     if not found:
         raise ConfigError(f"no run directories (no summary.json) under {cfg.runs}")
-    return [d for d in found if cfg.overwrite or not (d / "sharpness.json").is_file()]
+    return [d for d in found if cfg.overwrite or not holds_every_measure(d / "sharpness.json", cfg.measures)]
+
+
+def holds_every_measure(path: Path, measures) -> bool:
+    """sharpness.json exists and holds each measure asked for (a file from before `measures`
+    existed holds lambda_max and the trace); an unreadable one holds nothing."""
+    if not path.is_file():
+        return False
+    try:
+        held = json.loads(path.read_text()).get("measures", ["lambda_max", "trace"])
+    except (OSError, ValueError, AttributeError):
+        return False
+    return set(measures) <= set(held)
 
 
 def measure_all(cfg: DictConfig, ctx: dist.DistContext) -> list[dict]:

@@ -14,12 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from msam import checkpoints, dist, runs
 from msam.data.analysis import analysis_data
 from msam.engine import per_sample_cross_entropy
-from msam.domains import SEED_MAX, Bool, Choice, Int, Number, Optional, Text, check_domains
+from msam.domains import SEED_MAX, Bool, Choice, Either, Int, ListOf, Number, Optional, Text, check_domains
 from msam.errors import ConfigError, RunError
 from msam.mirror import build_mirror
 from msam.models import build_model
 from msam.precision import exact_fp32
-from msam.sharpness.measure import measure_sharpness
+from msam.sharpness.landscape import check_same_architecture
+from msam.sharpness.measures import MEASURES, Sizes, check_measures, measure
 from msam.sharpness.operator import PRODUCTS, ReIterable
 from msam.paths import CONF_DIR
 
@@ -45,12 +46,26 @@ def settings_domains() -> dict[str, dict]:
                  "trace_probes": Int(0), "product": Choice(PRODUCTS), "batch_size": Int(1),
                  "max_samples": Optional(Int(1)), "dtype": Choice(tuple(DTYPES)), "device": Text(),
                  "dist_backend": Choice(BACKENDS), "seed": Int(0, SEED_MAX), "keep_unconverged": Bool(),
-                 "gradient_passes": Int(1)}}
+                 "gradient_passes": Int(1), "measures": ListOf(Choice(MEASURES), min_length=1)},
+            "topk": {"k": Int(1)},
+            "density": {"probes": Int(1), "lanczos_steps": Int(2), "sigma": Optional(Number(0, open_low=True)),
+                        "grid_points": Int(2)},
+            "sharpness": {"rho": Number(0, open_low=True), "kinds": ListOf(Choice(("worst", "average")), min_length=1),
+                          "scales": ListOf(Choice(("plain", "adaptive")), min_length=1), "adaptive_eta": Number(0),
+                          "ascent_steps": Int(1), "average_draws": Int(1),
+                          "batch_sizes": ListOf(Either(Choice(("micro", "batch", "full")), Int(1)), min_length=1),
+                          "max_batches": Optional(Int(1))},
+            "landscape": {"directions": ListOf(Choice(("random", "eigenvector"))), "span": Number(0, open_low=True),
+                          "eigenvector_span": Number(0, open_low=True), "points": Int(2), "points_2d": Int(0),
+                          "against": Optional(Text()), "path_points": Int(2)}}
 
 
 def check_settings(settings: DictConfig) -> None:
     """One line per bad setting, before any run is opened."""
     check_domains(settings, settings_domains())
+    check_measures(settings)
+    if settings.landscape.points_2d == 1:
+        raise ConfigError("landscape.points_2d must be 0 (no plane) or at least 2, got 1")
 
 
 def load_finished_run(run_dir: Path):
@@ -74,11 +89,55 @@ def load_finished_run(run_dir: Path):
     return cfg, state
 
 
+def dashboard_values(result: dict) -> dict:
+    """sharpness.json's numbers as flat dashboard keys (sharpness/<measure>...)."""
+    values = {key: result[key] for key in ("lambda_max", "trace", "trace_stderr", "converged") if key in result}
+    if "topk" in result:
+        values.update({f"sharpness/lambda_{i + 1}": v for i, v in enumerate(result["topk"]["eigenvalues"])})
+    if "density" in result:
+        values["sharpness/density_negative_mass"] = result["density"]["negative_mass"]
+    for row in result.get("sharpness", {}).get("rows", []):
+        values[f"sharpness/{row['kind']}_{row['scale']}_n{row['n_label']}"] = row["mean"]
+    random = result.get("landscape", {}).get("slices", {}).get("random")
+    if random is not None:
+        values["sharpness/landscape_rise"] = (random["loss"][0] + random["loss"][-1]) / 2 - result["landscape"][
+            "base_loss"]
+    return values
+
+
 def mirror_sharpness(cfg, run_dir: Path, result: dict) -> None:
-    """Add lambda_max and the trace to the run's dashboard run, if it has one."""
+    """Add the measures' numbers to the run's dashboard run, if it has one."""
     mirror = build_mirror(cfg.logger, run_dir.name, OmegaConf.to_container(cfg, resolve=True), str(run_dir))
-    mirror.summary({key: result[key] for key in ("lambda_max", "trace", "trace_stderr", "converged")})
+    mirror.summary(dashboard_values(result))
     mirror.finish()
+
+
+def run_sizes(cfg) -> Sizes:
+    """The run's batch size and micro-batch size (batch_size / m; vanilla has no micro-batches)."""
+    m = 1 if cfg.method.name == "vanilla" else int(cfg.method.get("m", 1))
+    return Sizes(micro=max(cfg.batch_size // m, 1), batch=int(cfg.batch_size))
+
+
+def other_run_state(against: str, cfg, device: torch.device, dtype: torch.dtype) -> tuple[str, dict]:
+    """landscape.against: the other run's final state dict, on the device, in the measuring dtype."""
+    from msam.sharpness.landscape import check_same_architecture
+
+    other_cfg, state = load_finished_run(Path(against))
+    if OmegaConf.to_container(other_cfg.model) != OmegaConf.to_container(cfg.model):
+        raise ConfigError(f"landscape.against={against} trained another model; the linear path needs two runs "
+                          "of the same model")
+    weights = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in state["model"].items()}
+    return Path(against).name, weights
+
+
+def merged(previous: dict | None, result: dict) -> dict:
+    """A run's earlier measures stay; the ones measured now replace theirs."""
+    if previous is None:
+        return result
+    out = {**previous, **result}
+    out["measures"] = [m for m in MEASURES if m in set(previous.get("measures", ["lambda_max", "trace"]))
+                       | set(result["measures"])]
+    return out
 
 
 def rebuilt_model(cfg, state: dict, input_shape, device: torch.device, dtype: torch.dtype, run_dir: Path):
@@ -103,16 +162,17 @@ def measure_run(run_dir: str | Path, settings: DictConfig, ctx: dist.DistContext
                          ctx.rank, ctx.world_size)
     checkpoints.check_same_data(state, run_dir / "last.pt", data.fingerprint, force=False)
     model = rebuilt_model(cfg, state, data.input_shape, ctx.device, dtype, run_dir)
+    against = None
+    if "landscape" in settings.measures and settings.landscape.against is not None:
+        against = other_run_state(settings.landscape.against, cfg, ctx.device, dtype)
+        check_same_architecture(model.state_dict(), against[1], settings.landscape.against)
     loss = per_sample_cross_entropy(cfg.label_smoothing)
-    log.info(f"sharpness of {run_dir.name}: {data.num_samples} training samples over {ctx.world_size} process(es), "
-             f"batches of {settings.batch_size}")
+    log.info(f"sharpness of {run_dir.name}: {', '.join(settings.measures)} over {data.num_samples} training samples "
+             f"on {ctx.world_size} process(es), batches of {settings.batch_size}")
     # True float32 on CUDA too: PyTorch's default leaves cuDNN's TF32 on (10 mantissa bits per convolution)
     with exact_fp32(ctx.device.type):
-        result = measure_sharpness(model, ReIterable(data.batches), data.num_samples, loss,
-                                   algorithm=settings.algorithm, max_iter=settings.max_iter, tol=settings.tol,
-                                   trace_probes=settings.trace_probes, seed=settings.seed,
-                                   keep_unconverged=settings.keep_unconverged,
-                                   gradient_passes=settings.gradient_passes, product=settings.product, ctx=ctx)
+        result = measure(model, ReIterable(data.batches), data.num_samples, loss, settings, ctx, data=data,
+                         sizes=run_sizes(cfg), against=against)
     result.update({
         "run": run_dir.name,
         "checkpoint_epoch": state["epoch"],
@@ -126,11 +186,34 @@ def measure_run(run_dir: str | Path, settings: DictConfig, ctx: dist.DistContext
         "dtype": settings.dtype,
         "provenance": runs.provenance(ctx.device),
     })
+    section_data = {key: result["data"][key] for key in ("samples", "max_samples", "processes")}
+    for name in ("topk", "density", "sharpness", "landscape"):
+        if name in result:
+            result[name]["data"] = {**section_data, "dtype": settings.dtype, "seed": settings.seed}
     if ctx.is_main:
+        result = merged(runs.read_json(run_dir / "sharpness.json"), result)
         runs.write_json(run_dir / "sharpness.json", result)
         mirror_sharpness(cfg, run_dir, result)
-    trace = "not measured" if result["trace"] is None else f"{result['trace']:.4g} ± {result['trace_stderr']:.2g}"
-    log.info(f"lambda_max {result['lambda_max']:.4g} (converged {result['converged']}), trace {trace}, "
-             f"{result['hvp_count']} HVPs in {result['seconds']:.1f}s "
-             f"({result['hvp_cost_vs_gradient']:.2f}x a forward+backward each)")
+    log.info(f"{run_dir.name}: {summary_line(result, settings.measures)} in {result['seconds']:.1f}s")
     return result
+
+
+def summary_line(result: dict, measures) -> str:
+    parts = []
+    if "lambda_max" in measures:
+        parts.append(f"lambda_max {result['lambda_max']:.4g} (converged {result['converged']}, "
+                     f"{result['hvp_count_lambda_max']} products)")
+    if "trace" in measures and result.get("trace") is not None:
+        parts.append(f"trace {result['trace']:.4g} ± {result['trace_stderr']:.2g}")
+    if "topk" in measures:
+        parts.append("top-k " + ", ".join(f"{v:.4g}" for v in result["topk"]["eigenvalues"]))
+    if "density" in measures:
+        parts.append(f"density negative mass {result['density']['negative_mass']:.3g}")
+    if "sharpness" in measures:
+        parts.append("sharpness " + ", ".join(f"{r['kind']}/{r['scale']}@{r['n_label']} {r['mean']:.4g}"
+                                              for r in result["sharpness"]["rows"]))
+    if "landscape" in measures:
+        parts.append(f"landscape {result['landscape']['forward_passes']} points")
+    if result.get("hvp_cost_vs_gradient") is not None:
+        parts.append(f"{result['hvp_count']} products at {result['hvp_cost_vs_gradient']:.2f}x a forward+backward")
+    return "; ".join(parts)

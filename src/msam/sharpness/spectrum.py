@@ -1,49 +1,52 @@
 """The top Hessian eigenvalue and the Hessian trace, with hessian-eigenthings' algorithms.
 
-lambda_max is the largest *algebraic* eigenvalue. Lanczos (the default) asks for it directly
-(which="LA") with an explicit Krylov dimension: hessian-eigenthings' lanczos(k=1) would
-otherwise run only 2 steps. Power iteration, the paper's tool, finds the eigenvalue of largest
-*magnitude*; when that one is negative we run it again on H - lambda I, whose dominant
-eigenvalue is lambda_max - lambda >= 0.
+lambda_max is the largest *algebraic* eigenvalue. Lanczos (the default, msam.sharpness.lanczos)
+asks for the k largest directly and stops once their true residuals pass `tol`. Power iteration,
+the paper's tool, finds the eigenvalue of largest *magnitude*; when that one is negative we run it
+again on H - lambda I, whose dominant eigenvalue is lambda_max - lambda >= 0.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hessian_eigenthings import LambdaOperator, hutchinson, lanczos, power_iteration_one
+import torch
+from hessian_eigenthings import LambdaOperator, hutchinson, power_iteration_one
 
+from msam.sharpness.lanczos import Eigenpairs, top_eigenpairs
 from msam.sharpness.operator import TrainingLossHessian
 
 
 @dataclass
 class TopEigenvalue:
     value: float
-    residual: float  # ||H v - lambda v|| for the returned unit vector (Lanczos: its Ritz estimate)
+    residual: float  # ||H v - lambda v|| / |lambda| for the returned unit vector
     iterations: int
     converged: bool
     largest_magnitude: float | None  # power iteration's dominant eigenvalue (None for Lanczos)
+    vector: torch.Tensor  # its unit eigenvector (the landscape's eigenvector direction)
+    pairs: Eigenpairs | None = None  # Lanczos: the k largest pairs it was asked for
 
 
-def top_eigenvalue_lanczos(op: TrainingLossHessian, max_iter: int, tol: float, seed: int) -> TopEigenvalue:
-    steps = min(max_iter, op.size)
-    result = lanczos(op, k=1, max_iter=steps, tol=tol, reorthogonalize=True, which="LA", seed=seed)
-    return TopEigenvalue(float(result.eigenvalues[0]), float(result.residuals[0]), steps,
-                         bool(result.converged[0]), None)
+def top_eigenvalue_lanczos(op: TrainingLossHessian, max_iter: int, tol: float, seed: int, k: int = 1) -> TopEigenvalue:
+    pairs = top_eigenpairs(op, k, max_iter, tol, seed)
+    return TopEigenvalue(pairs.values[0], pairs.residuals[0], pairs.iterations, pairs.residuals[0] <= tol, None,
+                         pairs.vectors[0], pairs)
 
 
 def power_top(op, max_iter: int, tol: float, seed: int):
     value, vector, residual, iterations, converged = power_iteration_one(op, max_iter=max_iter, tol=tol, seed=seed)
-    return value, residual, iterations, converged
+    return value, vector, residual, iterations, converged
 
 
-def top_eigenvalue_power(op: TrainingLossHessian, max_iter: int, tol: float, seed: int) -> TopEigenvalue:
-    dominant, residual, iterations, converged = power_top(op, max_iter, tol, seed)
+def top_eigenvalue_power(op: TrainingLossHessian, max_iter: int, tol: float, seed: int, k: int = 1) -> TopEigenvalue:
+    dominant, vector, residual, iterations, converged = power_top(op, max_iter, tol, seed)
     if dominant >= 0:
-        return TopEigenvalue(dominant, residual, iterations, converged, dominant)
+        return TopEigenvalue(dominant, residual / max(abs(dominant), 1e-300), iterations, converged, dominant, vector)
     shifted = LambdaOperator(lambda v: op.matvec(v) - dominant * v, op.size, op.device, op.dtype)
-    gap, residual, more, converged_shifted = power_top(shifted, max_iter, tol, seed + 1)
-    return TopEigenvalue(gap + dominant, residual, iterations + more, converged and converged_shifted, dominant)
+    gap, vector, residual, more, converged_shifted = power_top(shifted, max_iter, tol, seed + 1)
+    return TopEigenvalue(gap + dominant, residual / max(abs(gap + dominant), 1e-300), iterations + more, converged and converged_shifted, dominant,
+                         vector)
 
 
 def hessian_trace(op: TrainingLossHessian, probes: int, seed: int) -> tuple[float, float]:
@@ -55,5 +58,7 @@ def hessian_trace(op: TrainingLossHessian, probes: int, seed: int) -> tuple[floa
 ALGORITHMS = {"lanczos": top_eigenvalue_lanczos, "power": top_eigenvalue_power}
 
 
-def top_eigenvalue(algorithm: str, op: TrainingLossHessian, max_iter: int, tol: float, seed: int) -> TopEigenvalue:
-    return ALGORITHMS[algorithm](op, max_iter, tol, seed)
+def top_eigenvalue(algorithm: str, op: TrainingLossHessian, max_iter: int, tol: float, seed: int,
+                  k: int = 1) -> TopEigenvalue:
+    """lambda_max; with Lanczos and k > 1 the k largest eigenpairs come from the same run."""
+    return ALGORITHMS[algorithm](op, max_iter, tol, seed, k)
