@@ -3,6 +3,7 @@ through msam-train, msam-sharpness and msam-report (one seed, two epochs, a subs
 so the committed command cannot rot."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,16 @@ def test_the_smoke_version_runs_every_axis_and_writes_every_report(tmp_path):
             assert (out / axis / f"{report}.md").is_file() and (out / axis / f"{report}.csv").is_file()
     assert (out / "m_axis" / "fig1.png").is_file() and (out / "rwsam" / "temperature.png").is_file()
     assert (out / "switching" / "figB1.png").is_file()
+
+    # the measures beyond lambda_max: on the m axis at rho = 0.05 only (match=), with their reports
+    for run_dir in (runs / "m_axis").glob("digits_*"):
+        held = set(json.loads((run_dir / "sharpness.json").read_text())["measures"])
+        beyond = {"topk", "density", "sharpness", "landscape"}
+        assert (beyond <= held) == ("rho0.2" not in run_dir.name), run_dir.name
+    for report in ("tab4", "density", "landscape"):
+        assert (out / "measures" / f"{report}.md").is_file()
+    assert (out / "measures" / "density.png").is_file() and (out / "measures" / "landscape.png").is_file()
+    assert "rho0.2" not in (out / "measures" / "tab4.csv").read_text()
 
     with open(out / "rwsam" / "temperature.csv") as table:
         rows = [row for row in csv.DictReader(table) if row["method"] == "rwsam"]

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from msam.cli import guarded, run_tool
-from msam.domains import Int, Text, check_domains
+from msam.domains import Int, ListOf, Optional, Text, check_domains
 from msam.errors import ConfigError
 from msam.report.collect import collect_runs
 from msam.report.render import show, write_report
@@ -47,10 +47,11 @@ def runs_folder(runs: str) -> Path:
 
 
 def make_reports(cfg: DictConfig) -> None:
-    check_domains(cfg, {"": {"runs": Text(), "out": Text(), "console_width": Int(40)}})
+    check_domains(cfg, {"": {"runs": Text(), "out": Text(), "console_width": Int(40),
+                             "match": Optional(ListOf(Text(), min_length=1))}})
     names = table_names(cfg.tables)
     runs_dir = runs_folder(str(cfg.runs))
-    runs, skipped = collect_runs(runs_dir)
+    runs, skipped = collect_runs(runs_dir, cfg.get("match"))
     console = Console(width=max(Console().width, cfg.console_width))
     for note in skipped:
         console.print(f"skipped {note}", highlight=False)

@@ -6,6 +6,7 @@ its files is reported by name with the reason and skipped, never silently droppe
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -60,10 +61,13 @@ def read_run(run_dir: Path) -> dict:
     return row
 
 
-def collect_runs(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """Finished runs as rows, and one note per run directory skipped, with the reason."""
+def collect_runs(root: str | Path, match=None) -> tuple[pd.DataFrame, list[str]]:
+    """Finished runs as rows, and one note per run directory skipped, with the reason. `match`:
+    only run directories whose name matches one of these fnmatch patterns."""
     rows, skipped = [], []
     for path in sorted(Path(root).rglob("summary.json")):
+        if match is not None and not any(fnmatch.fnmatchcase(path.parent.name, p) for p in match):
+            continue
         try:
             rows.append(read_run(path.parent))
         except (ValueError, KeyError, TypeError, IndexError) as error:

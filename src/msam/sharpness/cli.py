@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 from pathlib import Path
@@ -34,6 +35,10 @@ def run_dirs(cfg: DictConfig) -> list[Path]:
     found = sorted(p.parent for p in Path(cfg.runs).rglob("summary.json"))
     if not found:
         raise ConfigError(f"no run directories (no summary.json) under {cfg.runs}")
+    if cfg.match is not None:
+        found = [d for d in found if any(fnmatch.fnmatchcase(d.name, pattern) for pattern in cfg.match)]
+        if not found:
+            raise ConfigError(f"no run directory under {cfg.runs} matches match={list(cfg.match)}")
     return [d for d in found if cfg.overwrite or not holds_every_measure(d / "sharpness.json", cfg.measures)]
 
 

@@ -42,6 +42,7 @@ def settings_domains() -> dict[str, dict]:
     from msam.dist import BACKENDS
 
     return {"": {"run": Optional(Text()), "runs": Optional(Text()), "overwrite": Bool(),
+                 "match": Optional(ListOf(Text(), min_length=1)),
                  "algorithm": Choice(ALGORITHMS), "max_iter": Int(1), "tol": Number(0, open_low=True),
                  "trace_probes": Int(0), "product": Choice(PRODUCTS), "batch_size": Int(1),
                  "max_samples": Optional(Int(1)), "dtype": Choice(tuple(DTYPES)), "device": Text(),
