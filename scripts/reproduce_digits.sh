@@ -65,7 +65,7 @@ else
   # max_iter only bounds it); 10 probes put the trace's standard error near 10%, well under its spread
   # between methods.
   SHARPNESS=(max_iter=30 tol=1e-3 trace_probes=10)
-  # One Lanczos probe of 30 steps resolves this 8k-parameter spectrum's bulk and outliers; fixed
+  # One Lanczos probe of 30 steps resolves this 24k-parameter spectrum's outliers and bulk; fixed
   # n (not each run's own micro-batch) so that the m axis compares the same quantity; the
   # eigenvector slice stays where the quadratic model is meaningful (docs/sharpness.md)
   MEASURES=(topk.k=5 max_iter=40 tol=1e-3 density.probes=1 density.lanczos_steps=30

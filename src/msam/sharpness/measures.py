@@ -177,7 +177,8 @@ def sharpness_section(model: nn.Module, data: AnalysisData, per_sample_loss: Per
             for j in range(ctx.rank, len(positions), ctx.world_size):
                 batch = ReIterable(lambda chosen=positions[j]: data.subset_batches(chosen))
                 loss = TrainingLoss(model, batch, n, per_sample_loss, alone)
-                table[j] = torch.tensor(batch_values(loss, settings, settings.seed * 1_000_003 + j, combos))
+                table[j] = torch.tensor(batch_values(loss, settings, settings.seed * 1_000_003 + j, combos),
+                                        dtype=torch.float64)
                 work += torch.tensor([loss.forward_backward, loss.forward], dtype=torch.float64) * n / data.num_samples
             dist.all_reduce_sum([table, work], ctx)
             forward_backward += float(work[0])
