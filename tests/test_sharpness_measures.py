@@ -78,6 +78,9 @@ def test_the_residual_is_the_true_one_in_float32():
         v = vector.double()
         exact = float((a.double() @ v - value * v).norm()) / value  # the same vector, in float64
         assert 3e-8 < residual <= 1e-4 and exact / 2 < residual < exact * 2
+    # a tol below float32's rounding: the Ritz estimate passes it, the vector cannot
+    below = top_eigenpairs(op, 1, 60, 1e-9, seed=0)
+    assert not below.converged and below.residuals[0] > 1e-9
     # stopped short of convergence, the residual is the vector's own to float32 rounding
     _, op = matrix_operator(torch.linspace(0.9, 1.0, 200).float())
     early = top_eigenpairs(op, 1, 6, 1e-6, seed=0)
