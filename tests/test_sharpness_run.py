@@ -183,3 +183,90 @@ def test_resized_cifar_and_glue_smoke_runs_are_measured_in_one_sweep(make_cfg, t
     shapes = sorted(r["data"]["input_shape"] for r in measured.values())
     assert [3, 64, 64] in shapes and all(r["hvp_count"] == r["hvp_count_lambda_max"] + 1 for r in measured.values())
     assert all(r["lambda_max"] == r["lambda_max"] for r in measured.values())  # not NaN
+
+
+ALL_MEASURES = ["measures=[lambda_max,trace,topk,density,sharpness,landscape]", "topk.k=3", "max_iter=40",
+                "tol=1e-6", "trace_probes=4", "density.probes=2", "density.lanczos_steps=8",
+                "sharpness.batch_sizes=[micro,16,full]", "sharpness.max_batches=5", "sharpness.ascent_steps=2",
+                "sharpness.average_draws=2", "landscape.points=5", "landscape.points_2d=3", "landscape.path_points=3",
+                "max_samples=301", "batch_size=64", "dtype=float64", "device=cpu", "keep_unconverged=true"]
+
+
+def numbers(value):
+    """Every number in a sharpness.json section, flattened in a fixed order."""
+    if isinstance(value, dict):
+        return [x for key in sorted(value) if key not in ("seconds", "data") for x in numbers(value[key])]
+    if isinstance(value, list):
+        return [x for item in value for x in numbers(item)]
+    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def test_torchrun_two_processes_equal_one_for_every_measure(finished_run, make_cfg, tmp_path):
+    """topk, density, sharpness on batches (whole batches dealt to the processes) and on the full
+    set (sharded), landscape slices, plane and the path to another run: 2 processes give the numbers
+    of 1 to 1e-9, with unequal shards and BatchNorm."""
+    other = make_cfg("method=msam", "method.m=4", "epochs=1")
+    engine.train(other)
+    options = [*ALL_MEASURES, f"landscape.against={runs.run_dir_for(other)}", f"run={finished_run}"]
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    results = []
+    for processes in (1, 2):
+        done = subprocess.run([torchrun, f"--nproc-per-node={processes}", "--master-port", str(free_port()), "-m",
+                               "msam.sharpness.cli", *options], capture_output=True, text=True, timeout=600,
+                              cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(json.loads((finished_run / "sharpness.json").read_text()))
+    single, double = results
+    assert double["data"]["processes"] == 2 and single["data"]["processes"] == 1
+    for name in ("topk", "density", "sharpness", "landscape"):
+        a, b = numbers(single[name]), numbers(double[name])
+        assert len(a) == len(b) > 3 and a == pytest.approx(b, rel=1e-9, abs=1e-12), name
+    assert single["landscape"]["path"]["against"] == runs.run_dir_for(other).name
+    labels = [(r["n_label"], r["n"]) for r in single["sharpness"]["rows"]]
+    assert ("micro", 64) in labels and ("16", 16) in labels and ("full", 301) in labels  # SAM: micro = batch
+
+
+def test_measures_add_to_sharpness_json_and_a_sweep_skips_what_is_held(finished_run, tmp_path):
+    base = ["max_iter=20", "tol=1e-3", "trace_probes=2", "max_samples=128", "device=cpu"]
+    folder = f"runs={finished_run.parent}"
+    subprocess.run([*CLI, folder, *base], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=True)
+    first = json.loads((finished_run / "sharpness.json").read_text())
+    assert first["measures"] == ["lambda_max", "trace"]
+    more = [*base, "measures=[density]", "density.probes=1", "density.lanczos_steps=5"]
+    subprocess.run([*CLI, folder, *more], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=True)
+    merged = json.loads((finished_run / "sharpness.json").read_text())
+    assert merged["measures"] == ["lambda_max", "trace", "density"]
+    assert merged["lambda_max"] == first["lambda_max"] and len(merged["density"]["nodes"][0]) == 5
+    assert merged["density"]["data"] == {"samples": 128, "max_samples": 128, "processes": 1, "dtype": "float32",
+                                         "seed": 0}
+    stamp = (finished_run / "sharpness.json").stat().st_mtime_ns
+    done = subprocess.run([*CLI, folder, *more], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and (finished_run / "sharpness.json").stat().st_mtime_ns == stamp  # held: skipped
+    skipped = subprocess.run([*CLI, folder, *base, "match=[nothing*]"], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+    assert skipped.returncode == 2 and "matches match=['nothing*']" in skipped.stderr
+
+
+@pytest.mark.parametrize("option, message", [
+    ("measures=[lambda_max,curvature]", "('curvature' is not)"),
+    ("measures=[]", "measures must be a list of 1 or more items"),
+    ("sharpness.batch_sizes=[micro,0]", "sharpness.batch_sizes must be a list of 1 or more items"),
+    ("sharpness.kinds=[worst,best]", "sharpness.kinds must be"),
+    ("landscape.points_2d=1", "landscape.points_2d must be 0 (no plane) or at least 2"),
+    ("density.sigma=-1", "density.sigma must be null or a finite number in (0"),
+    ("landscape.against=/nowhere", "run=/nowhere is not a folder"),
+])
+def test_bad_measure_settings_are_one_line(finished_run, tmp_path, option, message):
+    measures = [] if option.startswith("measures") else ["measures=[landscape]"]
+    done = subprocess.run([*CLI, f"run={finished_run}", *measures, option, "device=cpu"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert message in done.stderr
+
+
+def test_the_path_refuses_a_run_of_another_model(finished_run, make_cfg, tmp_path):
+    other = make_cfg("method=sam", "epochs=1", "model=resnet18")
+    engine.train(other)
+    with pytest.raises(ConfigError, match="trained another model"):
+        measure_run(finished_run, default_settings(measures=["landscape"], landscape={"against": str(
+            runs.run_dir_for(other))}, max_samples=64))
