@@ -99,6 +99,15 @@ def test_offline_run_holds_config_metrics_summary_and_sharpness(make_cfg):
     sharpness = json.loads((run_dir / "sharpness.json").read_text())
     assert any(logged(o)[2].get("lambda_max") == sharpness["lambda_max"] for o in offline_runs(run_dir))
 
+    measure_run(run_dir, default_settings(measures=["topk", "sharpness"], topk={"k": 2}, max_iter=20, tol=1e-2,
+                                          max_samples=64, sharpness={"batch_sizes": ["full"], "ascent_steps": 1,
+                                                                     "average_draws": 1}))
+    sharpness = json.loads((run_dir / "sharpness.json").read_text())
+    worst = next(r["mean"] for r in sharpness["sharpness"]["rows"] if r["kind"] == "worst" and r["scale"] == "plain")
+    summaries = [logged(o)[2] for o in offline_runs(run_dir)]
+    assert any(s.get("sharpness/lambda_2") == sharpness["topk"]["eigenvalues"][1] for s in summaries)
+    assert any(s.get("sharpness/worst_plain_nfull") == worst for s in summaries)
+
 
 def test_group_and_tags_let_a_dashboard_compare_methods(make_cfg, monkeypatch):
     seen = {}
