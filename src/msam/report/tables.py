@@ -139,8 +139,8 @@ MEASURE_NOTES = {
     "density": "negative mass: the share of the Hessian's spectral density below 0, from stochastic Lanczos "
                "quadrature (sharpness.json's density); see tables=density",
     "sharpness": "worst@n / avg@n: m-sharpness L_S(w+δ) − L_S(w) averaged over batches S of n samples; worst: δ "
-                 "the worst case (ascent), avg: the mean over random δ, both of radius ρ; -adaptive: the ball "
-                 "scaled by |w| (ASAM); n = micro (the run's micro-batch, batch size / m), batch (its batch size), "
+                 "the worst case in ‖δ‖ ≤ ρ (ascent), avg: the mean over Gaussian δ with E‖δ‖² = ρ²; -adaptive: "
+                 "δ scaled by |w| + η (ASAM); n = micro (the run's micro-batch, batch size / m), batch (its batch size), "
                  "full (every measured sample) or a number",
     "landscape": "1-D rise: the mean of the training loss at both ends of the filter-normalized random slice "
                  "(α = ±span) minus the loss at the trained weights (α = 0); see tables=landscape",
