@@ -254,7 +254,7 @@ def test_measures_add_to_sharpness_json_and_a_sweep_skips_what_is_held(finished_
     ("sharpness.kinds=[worst,best]", "sharpness.kinds must be"),
     ("landscape.points_2d=1", "landscape.points_2d must be 0 (no plane) or at least 2"),
     ("density.sigma=-1", "density.sigma must be null or a finite number in (0"),
-    ("landscape.against=/nowhere", "run=/nowhere is not a folder"),
+    ("landscape.against=/nowhere", "landscape.against=/nowhere is not a run directory"),
 ])
 def test_bad_measure_settings_are_one_line(finished_run, tmp_path, option, message):
     measures = [] if option.startswith("measures") else ["measures=[landscape]"]

@@ -67,6 +67,10 @@ def check_settings(settings: DictConfig) -> None:
     check_measures(settings)
     if settings.landscape.points_2d == 1:
         raise ConfigError("landscape.points_2d must be 0 (no plane) or at least 2, got 1")
+    against = settings.landscape.against
+    if "landscape" in settings.measures and against is not None and not (Path(against) / "summary.json").is_file():
+        raise ConfigError(f"landscape.against={against} is not a run directory (no summary.json): give the run "
+                          "whose final weights end the linear path")
 
 
 def load_finished_run(run_dir: Path):
