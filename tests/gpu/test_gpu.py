@@ -154,6 +154,41 @@ def test_sharpness_on_cuda_equals_the_cpu(device):
     assert gpu["hvp_cost_vs_gradient"] > 0
 
 
+def test_every_sharpness_measure_on_cuda_equals_the_cpu(device):
+    """top-k, density, sharpness on batches and the landscape: float64, CPU-drawn random numbers,
+    so the device changes only rounding."""
+    from msam.data.analysis import AnalysisData
+    from msam.data.loaders import TensorLoader
+    from msam.sharpness.measures import Sizes, measure
+    from msam.sharpness.operator import ReIterable
+    from msam.sharpness.run import default_settings
+
+    settings = default_settings(measures=["topk", "density", "sharpness", "landscape"], topk={"k": 3}, max_iter=60,
+                                tol=1e-9, density={"probes": 2, "lanczos_steps": 10}, gradient_passes=1,
+                                sharpness={"batch_sizes": [10, "full"], "ascent_steps": 3},
+                                landscape={"points": 5, "points_2d": 3})
+
+    def run(dev):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 12), nn.BatchNorm1d(12), nn.Tanh(), nn.Linear(12, 5)).double().to(dev)
+        gen = torch.Generator().manual_seed(1)
+        x, y = torch.randn(50, 8, generator=gen, dtype=torch.float64), torch.randint(0, 5, (50,), generator=gen)
+
+        def loader_for(positions):
+            return TensorLoader(x[positions], y[positions], 16, shuffle=False, drop_last=False, device=dev)
+
+        data = AnalysisData(loader_for(torch.arange(50)), 50, (8,), torch.float64, None, torch.arange(50), loader_for)
+        return measure(model, ReIterable(data.batches), 50, per_sample_ce, settings, data=data,
+                       sizes=Sizes(micro=10, batch=50))
+
+    cpu, gpu = run(torch.device("cpu")), run(device)
+    assert gpu["topk"]["eigenvalues"] == pytest.approx(cpu["topk"]["eigenvalues"], rel=1e-8)
+    assert gpu["density"]["nodes"][0] == pytest.approx(cpu["density"]["nodes"][0], rel=1e-6, abs=1e-9)
+    assert [r["mean"] for r in gpu["sharpness"]["rows"]] == pytest.approx(
+        [r["mean"] for r in cpu["sharpness"]["rows"]], rel=1e-6, abs=1e-12)
+    assert gpu["landscape"]["plane"]["loss"] == pytest.approx(cpu["landscape"]["plane"]["loss"], rel=1e-9)
+
+
 @pytest.mark.parametrize("method", ["method=vanilla", "method=sam", "method=msam method.m=4",
                                     "method=msam method.m=4 method.impl=vmap",
                                     "method=msam method.m=4 method.impl=vmap_ascent", "method=asam", "method=rwsam"])
