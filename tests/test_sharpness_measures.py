@@ -81,6 +81,7 @@ def test_the_residual_is_the_true_one_in_float32():
     # a tol below float32's rounding: the Ritz estimate passes it, the vector cannot
     below = top_eigenpairs(op, 1, 60, 1e-9, seed=0)
     assert not below.converged and below.residuals[0] > 1e-9
+    assert below.products <= 60 + (EARLY_CHECKS + 1)  # failed checks do not repeat at every step
     # stopped short of convergence, the residual is the vector's own to float32 rounding
     _, op = matrix_operator(torch.linspace(0.9, 1.0, 200).float())
     early = top_eigenpairs(op, 1, 6, 1e-6, seed=0)
@@ -160,7 +161,8 @@ def test_density_with_every_step_is_the_smoothed_exact_spectrum():
     assert float((got - expected).abs().max()) <= 1e-6 * float(expected.max())
     near_zero = float(sum(((vectors.T @ rademacher(197, p)) ** 2 / 197)[eigenvalues.abs() <= 1e-8].sum()
                           for p in range(2))) / 2
-    assert abs(density["negative_mass"] - negative) <= near_zero + 1e-9 and 0 < negative < 1
+    # zero eigenvalues (BatchNorm's scale invariances) may come out as tiny negative nodes
+    assert negative - 1e-9 <= density["negative_mass"] <= negative + near_zero + 1e-9 and 0 < negative < 1
 
 
 # ---- worst-case and average-case sharpness -----------------------------------------------------------
@@ -351,11 +353,13 @@ def test_slices_plane_and_path_equal_direct_evaluation():
         assert value == pytest.approx(direct_loss(model, state, x, y), rel=1e-12)
 
 
-def test_the_eigenvector_slice_bends_with_lambda_max():
-    """Near the weights the slice along the top eigenvector is L0 + lambda_max a^2 / 2."""
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_eigenvector_slice_bends_with_lambda_max_and_points_uphill(seed):
+    """Near the weights the slice along the top eigenvector is L0 + lambda_max a^2 / 2; the
+    eigenvector is oriented so that +a goes uphill, whatever Lanczos' start vector (seed)."""
     model, (x, y) = tiny_bn_model(), data()
     top = float(torch.linalg.eigvalsh(exact_hessian(model, x, y))[-1])
-    chosen = settings(measures=["landscape"], max_iter=197, tol=1e-9,
+    chosen = settings(measures=["landscape"], max_iter=197, tol=1e-9, seed=seed,
                       landscape={"directions": ["eigenvector"], "eigenvector_span": 1e-3, "points": 3,
                                  "points_2d": 0})
     land = measure(model, batches_of(x, y, 16), 50, per_sample_ce, chosen)["landscape"]
@@ -363,3 +367,4 @@ def test_the_eigenvector_slice_bends_with_lambda_max():
     assert land["slices"]["eigenvector"]["eigenvalue"] == pytest.approx(top, rel=1e-8)
     assert middle == pytest.approx(land["base_loss"], rel=1e-14)
     assert (low + high) / 2 - middle == pytest.approx(top * 1e-6 / 2, rel=1e-3)
+    assert high > low

@@ -237,11 +237,18 @@ def test_measures_add_to_sharpness_json_and_a_sweep_skips_what_is_held(finished_
     merged = json.loads((finished_run / "sharpness.json").read_text())
     assert merged["measures"] == ["lambda_max", "trace", "density"]
     assert merged["lambda_max"] == first["lambda_max"] and len(merged["density"]["nodes"][0]) == 5
+    # the top level still describes the call that measured lambda_max and the trace
+    assert {k: merged[k] for k in ("hvp_count", "seconds", "cost")} == {k: first[k] for k in ("hvp_count", "seconds",
+                                                                                            "cost")}
+    assert merged["density"]["hvp_count"] == 5 and merged["density"]["provenance"]["git_commit"] is not None
     assert merged["density"]["data"] == {"samples": 128, "max_samples": 128, "processes": 1, "dtype": "float32",
-                                         "seed": 0}
+                                         "seed": 0, "checkpoint_epoch": 1}
     stamp = (finished_run / "sharpness.json").stat().st_mtime_ns
     done = subprocess.run([*CLI, folder, *more], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0 and (finished_run / "sharpness.json").stat().st_mtime_ns == stamp  # held: skipped
+    no_trace = subprocess.run([*CLI, folder, *base[:2], "trace_probes=0", "max_samples=128", "device=cpu"],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert no_trace.returncode == 0 and (finished_run / "sharpness.json").stat().st_mtime_ns == stamp  # held
     skipped = subprocess.run([*CLI, folder, *base, "match=[nothing*]"], capture_output=True, text=True,
                              timeout=300, cwd=tmp_path)
     assert skipped.returncode == 2 and "matches match=['nothing*']" in skipped.stderr
@@ -253,6 +260,7 @@ def test_measures_add_to_sharpness_json_and_a_sweep_skips_what_is_held(finished_
     ("sharpness.batch_sizes=[micro,0]", "sharpness.batch_sizes must be a list of 1 or more items"),
     ("sharpness.kinds=[worst,best]", "sharpness.kinds must be"),
     ("landscape.points_2d=1", "landscape.points_2d must be 0 (no plane) or at least 2"),
+    ("landscape.points=4", "landscape.points must be odd"),
     ("density.sigma=-1", "density.sigma must be null or a finite number in (0"),
     ("landscape.against=/nowhere", "landscape.against=/nowhere is not a run directory"),
 ])
@@ -270,3 +278,17 @@ def test_the_path_refuses_a_run_of_another_model(finished_run, make_cfg, tmp_pat
     with pytest.raises(ConfigError, match="trained another model"):
         measure_run(finished_run, default_settings(measures=["landscape"], landscape={"against": str(
             runs.run_dir_for(other))}, max_samples=64))
+
+
+def test_a_run_measured_without_lambda_max_stays_in_the_reports(finished_run):
+    """measures=[topk] alone writes no lambda_max: the run keeps its rows, with a note."""
+    from msam.report.collect import collect_runs
+    from msam.report.tables import REPORTS
+
+    measure_run(finished_run, default_settings(measures=["topk"], topk={"k": 2}, max_samples=64, tol=1e-3))
+    runs_found, skipped = collect_runs(finished_run.parent)
+    assert not skipped and len(runs_found) == 1
+    report = REPORTS["tab4"](runs_found)
+    assert len(report.display) == 1 and report.display["λ_max"].iloc[0] == "—"
+    assert any("no λ_max in sharpness.json" in note for note in report.notes)
+    assert len(REPORTS["tab2"](runs_found).display) == 1

@@ -56,7 +56,9 @@ def read_run(run_dir: Path) -> dict:
     sharpness_path = run_dir / "sharpness.json"
     if sharpness_path.is_file():
         sharpness = read_json(sharpness_path)
-        row["lambda_max"], row["trace"] = sharpness["lambda_max"], sharpness.get("trace")
+        # measures=[topk] alone on a run not measured before writes no lambda_max
+        row["lambda_max"], row["trace"] = sharpness.get("lambda_max"), sharpness.get("trace")
+        row["sharpness_measured"] = True
         row.update(run_measures(sharpness))
     return row
 

@@ -123,7 +123,7 @@ def missing_measures(runs: pd.DataFrame, columns: list[str]) -> list[str]:
     """One note per measured run (it has sharpness.json) and section it lacks a column of: a
     measure shown for some runs is never silently blank for others."""
     notes = []
-    for _, run in runs[runs["lambda_max"].notna()].iterrows():  # iterrows: the columns' names have '=', '@'
+    for _, run in runs[runs["sharpness_measured"] == True].iterrows():  # noqa: E712 (NaN for the unmeasured)  # iterrows: the columns' names have '=', '@'
         lacking = {}
         for column in (c for c in columns if pd.isna(run[c])):
             heading, section, _ = measure_heading(column)
@@ -139,8 +139,8 @@ MEASURE_NOTES = {
     "density": "negative mass: the share of the Hessian's spectral density below 0, from stochastic Lanczos "
                "quadrature (sharpness.json's density); see tables=density",
     "sharpness": "worst@n / avg@n: m-sharpness L_S(w+δ) − L_S(w) averaged over batches S of n samples; worst: δ "
-                 "the worst case in ‖δ‖ ≤ ρ (ascent), avg: the mean over Gaussian δ with E‖δ‖² = ρ²; -adaptive: "
-                 "δ scaled by |w| + η (ASAM); n = micro (the run's micro-batch, batch size / m), batch (its batch size), "
+                 "the worst case in ‖T⁻¹δ‖ ≤ ρ (ascent), avg: the mean over δ = Tz, z Gaussian with E‖z‖² = ρ²; T = I, "
+                 "or diag(|w| + η) for -adaptive (ASAM); n = micro (the run's micro-batch, batch size / m), batch (its batch size), "
                  "full (every measured sample) or a number",
     "landscape": "1-D rise: the mean of the training loss at both ends of the filter-normalized random slice "
                  "(α = ±span) minus the loss at the trained weights (α = 0); see tables=landscape",
@@ -154,24 +154,26 @@ def sharpness_table(runs: pd.DataFrame) -> Report:
     runs = single_method(runs)
     lam = mean_std(runs, "lambda_max")
     trace = mean_std(runs, "trace").rename(columns={"mean": "trace_mean", "std": "trace_std", "n": "trace_n"})
-    numbers = lam.merge(trace, on=GROUP_KEYS, how="left")
+    numbers = lam.merge(trace, on=GROUP_KEYS, how="outer")
     extra = extra_measures(runs)
-    for column in extra:
+    for column in extra:  # outer: a configuration measured without lambda_max keeps its row
         part = mean_std(runs, column).rename(columns={"mean": f"{column}_mean", "std": f"{column}_std",
                                                       "n": f"{column}_n"})
-        numbers = numbers.merge(part, on=GROUP_KEYS, how="left")
+        numbers = numbers.merge(part, on=GROUP_KEYS, how="outer")
     numbers = ordered(numbers)
     display = setting_columns(numbers).assign(**{
         "λ_max": [fmt(r.mean, r.std, 3) for r in numbers.itertuples()],
         "trace": [fmt(r.trace_mean, r.trace_std, 2) for r in numbers.itertuples()],
-        "n": numbers["n"].astype(int),
+        "n": numbers["n"].fillna(0).astype(int),
     })
     for column in extra:
         heading, _, digits = measure_heading(column)
         display[heading] = [fmt(mean, std, digits) for mean, std in
                             zip(numbers[f"{column}_mean"], numbers[f"{column}_std"])]
-    unmeasured = runs[runs["lambda_max"].isna()]
+    unmeasured = runs[runs["sharpness_measured"] != True]  # noqa: E712
     notes = [f"no sharpness.json: {d} (run: msam-sharpness run={d})" for d in unmeasured["run_dir"]]
+    notes += [f"no λ_max in sharpness.json: {d} (run: msam-sharpness run={d} measures=[lambda_max,trace])"
+              for d in runs[(runs["sharpness_measured"] == True) & runs["lambda_max"].isna()]["run_dir"]]  # noqa: E712
     notes += missing_measures(runs, extra)
     notes += [MEASURE_NOTES[section] for section in dict.fromkeys(measure_heading(c)[1] for c in extra)]
     if any(c.startswith(SHARPNESS_PREFIX) for c in extra):

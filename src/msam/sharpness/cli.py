@@ -39,7 +39,8 @@ def run_dirs(cfg: DictConfig) -> list[Path]:
         found = [d for d in found if any(fnmatch.fnmatchcase(d.name, pattern) for pattern in cfg.match)]
         if not found:
             raise ConfigError(f"no run directory under {cfg.runs} matches match={list(cfg.match)}")
-    return [d for d in found if cfg.overwrite or not holds_every_measure(d / "sharpness.json", cfg.measures)]
+    asked = [m for m in cfg.measures if not (m == "trace" and cfg.trace_probes == 0)]  # 0 probes: no trace
+    return [d for d in found if cfg.overwrite or not holds_every_measure(d / "sharpness.json", asked)]
 
 
 def holds_every_measure(path: Path, measures) -> bool:

@@ -42,13 +42,13 @@ def grid(span: float, points: int) -> list[float]:
 
 
 def line(loss: TrainingLoss, direction: torch.Tensor, alphas: list[float]) -> list[float]:
-    return loss.values([loss.state(a * direction) for a in alphas])
+    return loss.values([lambda a=a: loss.state(a * direction) for a in alphas])
 
 
 def plane(loss: TrainingLoss, first: torch.Tensor, second: torch.Tensor, alphas: list[float],
           betas: list[float]) -> list[list[float]]:
     """loss[i][j] at w + alphas[i] first + betas[j] second."""
-    flat = loss.values([loss.state(a * first + b * second) for a in alphas for b in betas])
+    flat = loss.values([lambda a=a, b=b: loss.state(a * first + b * second) for a in alphas for b in betas])
     return [flat[i * len(betas):(i + 1) * len(betas)] for i in range(len(alphas))]
 
 
@@ -59,7 +59,7 @@ def interpolated(mine: dict, other: dict, t: float) -> dict:
 
 def path(loss: TrainingLoss, mine: dict, other: dict, ts: list[float]) -> list[float]:
     """L along the straight line between two state dicts (parameters and buffers)."""
-    return loss.values([interpolated(mine, other, t) for t in ts])
+    return loss.values([lambda t=t: interpolated(mine, other, t) for t in ts])
 
 
 def check_same_architecture(mine: dict, other: dict, other_name: str) -> None:

@@ -11,6 +11,8 @@ call (per gradient, or per set of landscape points).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -58,26 +60,29 @@ class TrainingLoss:
         leaves = [p.detach().clone().requires_grad_(True) for p in self.displaced(delta)]
         state = {**self.fixed, **dict(zip(self.names, leaves))}
         total = [torch.zeros_like(w) for w in self.weights]
-        loss = torch.zeros((), dtype=self.weights[0].dtype, device=self.weights[0].device)
+        # the loss summed in float64, as values() does: a rise is a difference of two such sums
+        loss = torch.zeros(1, dtype=torch.float64, device=self.weights[0].device)
         for inputs, targets in self.batches:
             part = self.summed_loss(state, inputs, targets)
             torch._foreach_add_(total, torch.autograd.grad(part, leaves))
-            loss += part.detach()
-        flat = torch.cat([t.reshape(-1) for t in total] + [loss.reshape(1)])
-        dist.all_reduce_sum([flat], self.ctx)
+            loss += part.detach().to(torch.float64)
+        flat = torch.cat([t.reshape(-1) for t in total])
+        dist.all_reduce_sum([flat, loss], self.ctx)
         self.forward_backward += 1
-        return float(flat[-1]), flat[:-1]
+        return float(loss), flat
 
     @torch.no_grad()
-    def values(self, states: list[dict]) -> list[float]:
-        """L at each state (full state dicts), reading the data once; one all-reduce for all."""
-        sums = torch.zeros(len(states), dtype=torch.float64, device=self.weights[0].device)
+    def values(self, points: list[Callable[[], dict]]) -> list[float]:
+        """L at each point (a callable that builds its full state dict), reading the data once; one
+        all-reduce for all. A point's state is built when it is evaluated and dropped after, so a
+        121-point plane holds one displaced copy of the weights at a time, not 121."""
+        sums = torch.zeros(len(points), dtype=torch.float64, device=self.weights[0].device)
         for inputs, targets in self.batches:
-            for i, state in enumerate(states):
-                sums[i] += self.summed_loss(state, inputs, targets).to(torch.float64)
+            for i, point in enumerate(points):
+                sums[i] += self.summed_loss(point(), inputs, targets).to(torch.float64)
         dist.all_reduce_sum([sums], self.ctx)
-        self.forward += len(states)
+        self.forward += len(points)
         return sums.tolist()
 
     def value(self, delta: torch.Tensor | None) -> float:
-        return self.values([self.state(delta)])[0]
+        return self.values([lambda: self.state(delta)])[0]

@@ -93,8 +93,8 @@ def plan(measures, settings: DictConfig, sizes: list[tuple[str, int]], num_sampl
         worst = "worst" in s.kinds
         work["sharpness"] = {
             "forward_backward": covered * ((1 + scales * (s.ascent_steps - 1)) if worst else 0),
-            "forward": covered * ((scales if worst else 0) + ((1 + 2 * scales * s.average_draws) if "average" in s.kinds
-                                                               else 0))}
+            "forward": covered * ((scales if worst else 0) + ((0 if worst else 1) + 2 * scales * s.average_draws
+                                                               if "average" in s.kinds else 0))}
     if "landscape" in measures:
         land = settings.landscape
         points = land.points * len(land.directions) + land.points_2d ** 2
@@ -143,13 +143,15 @@ def batch_values(loss: TrainingLoss, settings: DictConfig, seed: int, combos) ->
     """One value per (kind, scale) in combos, on one batch (or the full set)."""
     s = settings.sharpness
     start = loss.value_and_grad(None) if "worst" in s.kinds else None
+    base = start[0] if start is not None else None  # L_S(w), read once for every (kind, scale)
     values = []
     for kind, scale in combos:
         t = scaling(loss, scale, s.adaptive_eta)
         if kind == "worst":
             values.append(worst_case(loss, s.rho, s.ascent_steps, t, start)[1])
         else:
-            values.append(average_case(loss, s.rho, s.average_draws, seed, t)[1])
+            base, rise = average_case(loss, s.rho, s.average_draws, seed, t, base)
+            values.append(rise)
     return values
 
 
@@ -179,7 +181,8 @@ def sharpness_section(model: nn.Module, data: AnalysisData, per_sample_loss: Per
                 loss = TrainingLoss(model, batch, n, per_sample_loss, alone)
                 table[j] = torch.tensor(batch_values(loss, settings, settings.seed * 1_000_003 + j, combos),
                                         dtype=torch.float64)
-                work += torch.tensor([loss.forward_backward, loss.forward], dtype=torch.float64) * n / data.num_samples
+                work += torch.tensor([loss.forward_backward, loss.forward], dtype=torch.float64,
+                                     device=ctx.device) * n / data.num_samples
             dist.all_reduce_sum([table, work], ctx)
             forward_backward += float(work[0])
             forward += float(work[1])
@@ -206,10 +209,14 @@ def landscape_section(loss: TrainingLoss, settings: DictConfig, eigen: tuple[flo
            "points_2d": land.points_2d, "base_loss": base, "slices": {}}
     if "random" in land.directions:
         alphas = slices.grid(land.span, land.points)
-        out["slices"]["random"] = {"alpha": alphas, "loss": slices.line(loss, slices.filter_normalized(loss, generator),
-                                                                         alphas)}
+        direction = slices.filter_normalized(loss, generator)
+        out["slices"]["random"] = {"alpha": alphas, "loss": slices.line(loss, direction, alphas)}
     if "eigenvector" in land.directions:
         value, vector = eigen
+        # an eigenvector's sign is arbitrary (it follows Lanczos' start vector): orient it uphill,
+        # v . grad L >= 0, so that +a means the same side for every run and seeds can be averaged
+        if float(torch.dot(vector, loss.value_and_grad(None)[1])) < 0:
+            vector = -vector
         alphas = slices.grid(land.eigenvector_span, land.points)
         out["slices"]["eigenvector"] = {"alpha": alphas, "loss": slices.line(loss, vector, alphas), "eigenvalue": value}
     if land.points_2d > 0:
@@ -274,10 +281,9 @@ def measure(model: nn.Module, batches: ReIterable, num_samples: int, per_sample_
                     pairs = top_eigenpairs(op, settings.topk.k, settings.max_iter, settings.tol, settings.seed)
                     result["topk"] = eigen_section(pairs, timing.now(op.device) - begun, op.count - before)
                     units["topk"] = result["topk"]["seconds"]
-        if "trace" in measures:
+        if "trace" in measures and settings.trace_probes > 0:  # 0 probes: the trace is not asked for
             begun = timing.now(op.device)
-            trace, stderr = hessian_trace(op, settings.trace_probes, settings.seed) if settings.trace_probes > 0 \
-                else (None, None)
+            trace, stderr = hessian_trace(op, settings.trace_probes, settings.seed)
             result.update({"trace": trace, "trace_stderr": stderr, "trace_probes": settings.trace_probes})
             units["trace"] = timing.now(op.device) - begun
         if "density" in measures:

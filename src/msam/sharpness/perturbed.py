@@ -21,7 +21,8 @@ BatchNorm: the model is in eval mode, so L_S is the same function of w for every
 value does not depend on which other samples share it (in train mode BatchNorm would normalise
 with the batch's own statistics, so n would change the function being measured, and n = 1 would
 not be defined). Training-mode behaviour enters only through the running statistics the run
-learned.
+learned; the part of mSAM's effect that comes from per-micro-batch BatchNorm statistics during
+training is left out.
 """
 
 from __future__ import annotations
@@ -73,13 +74,17 @@ def gaussian_displacements(size: int, rho: float, draws: int, seed: int, t: torc
     return deltas
 
 
-def average_case(loss: TrainingLoss, rho: float, draws: int, seed: int, t: torch.Tensor | None) -> tuple[float, float]:
+def average_case(loss: TrainingLoss, rho: float, draws: int, seed: int, t: torch.Tensor | None,
+                 base: float | None = None) -> tuple[float, float]:
     """(L_S(w), the mean rise over `draws` Gaussian displacements, each at +delta and -delta),
-    reading the batch once."""
+    reading the batch once. `base`: L_S(w), if already computed."""
     weights = loss.flat_weights
     deltas = gaussian_displacements(weights.numel(), rho, draws, seed, t, weights)
-    states = [loss.state(None)] + [loss.state(sign * d) for d in deltas for sign in (1, -1)]
-    base, *displaced = loss.values(states)
+    points = [lambda d=d, sign=sign: loss.state(sign * d) for d in deltas for sign in (1, -1)]
+    if base is None:
+        base, *displaced = loss.values([lambda: loss.state(None)] + points)
+    else:
+        displaced = loss.values(points)
     return base, sum(displaced) / (2 * draws) - base
 
 

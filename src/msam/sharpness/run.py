@@ -57,7 +57,7 @@ def settings_domains() -> dict[str, dict]:
                           "batch_sizes": ListOf(Either(Choice(("micro", "batch", "full")), Int(1)), min_length=1),
                           "max_batches": Optional(Int(1))},
             "landscape": {"directions": ListOf(Choice(("random", "eigenvector"))), "span": Number(0, open_low=True),
-                          "eigenvector_span": Number(0, open_low=True), "points": Int(2), "points_2d": Int(0),
+                          "eigenvector_span": Number(0, open_low=True), "points": Int(3), "points_2d": Int(0),
                           "against": Optional(Text()), "path_points": Int(2)}}
 
 
@@ -65,6 +65,9 @@ def check_settings(settings: DictConfig) -> None:
     """One line per bad setting, before any run is opened."""
     check_domains(settings, settings_domains())
     check_measures(settings)
+    if settings.landscape.points % 2 == 0:
+        raise ConfigError(f"landscape.points must be odd, so that a = 0 (the trained weights) is a point; "
+                          f"got {settings.landscape.points}")
     if settings.landscape.points_2d == 1:
         raise ConfigError("landscape.points_2d must be 0 (no plane) or at least 2, got 1")
     against = settings.landscape.against
@@ -135,11 +138,19 @@ def other_run_state(against: str, cfg, device: torch.device, dtype: torch.dtype)
     return Path(against).name, weights
 
 
+SECTIONS = ("topk", "density", "sharpness", "landscape")  # each carries its own data, cost and provenance
+
+
 def merged(previous: dict | None, result: dict) -> dict:
-    """A run's earlier measures stay; the ones measured now replace theirs."""
+    """A run's earlier measures stay; the ones measured now replace theirs. The top-level keys
+    (lambda_max, the trace, and the data, cost and provenance of the call that measured them)
+    change only when this call measured lambda_max or the trace."""
     if previous is None:
         return result
-    out = {**previous, **result}
+    out = dict(previous)
+    if {"lambda_max", "trace"} & set(result["measures"]):
+        out.update({key: value for key, value in result.items() if key not in SECTIONS})
+    out.update({key: value for key, value in result.items() if key in SECTIONS})
     out["measures"] = [m for m in MEASURES if m in set(previous.get("measures", ["lambda_max", "trace"]))
                        | set(result["measures"])]
     return out
@@ -192,9 +203,13 @@ def measure_run(run_dir: str | Path, settings: DictConfig, ctx: dist.DistContext
         "provenance": runs.provenance(ctx.device),
     })
     section_data = {key: result["data"][key] for key in ("samples", "max_samples", "processes")}
-    for name in ("topk", "density", "sharpness", "landscape"):
+    for name in SECTIONS:
         if name in result:
-            result[name]["data"] = {**section_data, "dtype": settings.dtype, "seed": settings.seed}
+            result[name]["data"] = {**section_data, "dtype": settings.dtype, "seed": settings.seed,
+                                    "checkpoint_epoch": state["epoch"]}
+            result[name]["forward_backward_units"] = result["cost"]["forward_backward_units"].get(
+                "eigen" if name == "topk" else name)
+            result[name]["provenance"] = result["provenance"]
     if ctx.is_main:
         result = merged(runs.read_json(run_dir / "sharpness.json"), result)
         runs.write_json(run_dir / "sharpness.json", result)
