@@ -120,17 +120,19 @@ def measure_heading(column: str) -> tuple[str, str, int]:
 
 
 def missing_measures(runs: pd.DataFrame, columns: list[str]) -> list[str]:
-    """One note per measured run (it has sharpness.json) and section it lacks a column of: a
-    measure shown for some runs is never silently blank for others."""
+    """One note per section that some measured runs (they have sharpness.json) lack: how many, the
+    first three by name, and the command that measures them. A measure shown for some runs is never
+    silently blank for others, and a folder of 50 runs without it is one line, not 50."""
+    lacking: dict[str, list[str]] = {}
+    for _, run in runs[runs["sharpness_measured"] == True].iterrows():  # noqa: E712 (NaN: no sharpness.json)
+        for section in dict.fromkeys(measure_heading(c)[1] for c in columns if pd.isna(run[c])):
+            lacking.setdefault(section, []).append(run["run_dir"])
     notes = []
-    for _, run in runs[runs["sharpness_measured"] == True].iterrows():  # noqa: E712 (NaN for the unmeasured)  # iterrows: the columns' names have '=', '@'
-        lacking = {}
-        for column in (c for c in columns if pd.isna(run[c])):
-            heading, section, _ = measure_heading(column)
-            lacking.setdefault(section, []).append(heading)
-        for section, headings in lacking.items():
-            notes.append(f"no {', '.join(headings)} in sharpness.json: {run['run_dir']} "
-                         f"(run: msam-sharpness run={run['run_dir']} measures=[{section}])")
+    for section, run_dirs in lacking.items():
+        names = ", ".join(run_dirs[:3]) + (f" and {len(run_dirs) - 3} more" if len(run_dirs) > 3 else "")
+        command = (f"msam-sharpness run={run_dirs[0]}" if len(run_dirs) == 1 else
+                   f"msam-sharpness runs=<their folder>") + f" measures=[{section}]"
+        notes.append(f"no {section} in sharpness.json: {len(run_dirs)} run(s): {names} (run: {command})")
     return notes
 
 

@@ -50,7 +50,7 @@ def settings_domains() -> dict[str, dict]:
                  "gradient_passes": Int(1), "measures": ListOf(Choice(MEASURES), min_length=1)},
             "topk": {"k": Int(1)},
             "density": {"probes": Int(1), "lanczos_steps": Int(2), "sigma": Optional(Number(0, open_low=True)),
-                        "grid_points": Int(2)},
+                        "grid_points": Int(2), "negative_below": Number(0)},
             "sharpness": {"rho": Number(0, open_low=True), "kinds": ListOf(Choice(("worst", "average")), min_length=1),
                           "scales": ListOf(Choice(("plain", "adaptive")), min_length=1), "adaptive_eta": Number(0),
                           "ascent_steps": Int(1), "average_draws": Int(1),
