@@ -132,10 +132,13 @@ def density_section(op: TrainingLossHessian, settings: DictConfig, seed: int) ->
                               sigma=d.sigma, seed=seed)
     nodes = [[x for x in row.tolist() if x == x] for row in result.raw_eigenvalues]  # NaN pads short runs
     weights = [row[:len(n)] for row, n in zip(result.raw_weights.tolist(), nodes)]
-    negative = sum(w for ns, ws in zip(nodes, weights) for x, w in zip(ns, ws) if x < 0) / d.probes
+    # below -negative_below x the largest |node|: the near-zero bulk's nodes land on either side of 0
+    # by rounding and by the quadrature's resolution, and would make "negative" mostly noise
+    cutoff = -d.negative_below * max(abs(x) for ns in nodes for x in ns)
+    negative = sum(w for ns, ws in zip(nodes, weights) for x, w in zip(ns, ws) if x < cutoff) / d.probes
     return {"probes": d.probes, "lanczos_steps": steps, "sigma": float(result.sigma), "nodes": nodes,
             "weights": weights, "grid": result.grid.tolist(), "density": result.density.tolist(),
-            "negative_mass": negative, "hvp_count": op.count - products,
+            "negative_mass": negative, "negative_below": cutoff, "hvp_count": op.count - products,
             "seconds": timing.now(op.device) - start}
 
 
