@@ -41,6 +41,13 @@ def fmt(mean, std=None, digits=2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def significant(mean, std=None) -> str:
+    """mean ± std to 3 and 2 significant digits: for values from 1e-8 to 1 in one column."""
+    if mean is None or mean != mean:
+        return "—"
+    return f"{mean:.3g}" if std is None or std != std else f"{mean:.3g} ± {std:.2g}"
+
+
 def ordered(frame: pd.DataFrame) -> pd.DataFrame:
     order = frame["method"].map(lambda m: METHOD_ORDER.get(m, 9))
     return frame.assign(_order=order).sort_values(["dataset", "model", "_order", "m", "rho"]).drop(columns="_order")
@@ -109,13 +116,13 @@ def extra_measures(runs: pd.DataFrame) -> list[str]:
     return [c for c in [*topk, "negative_mass", *sharp, "rise_1d"] if runs[c].notna().any()]
 
 
-def measure_heading(column: str) -> tuple[str, str, int]:
+def measure_heading(column: str) -> tuple[str, str, int | None]:
     """A measure column's display heading, the sharpness.json section it comes from (the
     `measures=` entry that writes it) and its digits."""
     if column.startswith(TOPK_PREFIX):
         return f"λ_k (k={column[len(TOPK_PREFIX):]})", "topk", 3
     if column.startswith(SHARPNESS_PREFIX):
-        return column[len(SHARPNESS_PREFIX):], "sharpness", 4
+        return column[len(SHARPNESS_PREFIX):], "sharpness", None  # None: significant digits (they span decades)
     return {"negative_mass": ("negative mass", "density", 4), "rise_1d": ("1-D rise", "landscape", 4)}[column]
 
 
@@ -170,8 +177,8 @@ def sharpness_table(runs: pd.DataFrame) -> Report:
     })
     for column in extra:
         heading, _, digits = measure_heading(column)
-        display[heading] = [fmt(mean, std, digits) for mean, std in
-                            zip(numbers[f"{column}_mean"], numbers[f"{column}_std"])]
+        display[heading] = [fmt(mean, std, digits) if digits is not None else significant(mean, std)
+                            for mean, std in zip(numbers[f"{column}_mean"], numbers[f"{column}_std"])]
     unmeasured = runs[runs["sharpness_measured"] != True]  # noqa: E712
     notes = [f"no sharpness.json: {d} (run: msam-sharpness run={d})" for d in unmeasured["run_dir"]]
     notes += [f"no λ_max in sharpness.json: {d} (run: msam-sharpness run={d} measures=[lambda_max,trace])"
