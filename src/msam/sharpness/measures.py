@@ -324,7 +324,7 @@ def measure_sharpness(model: nn.Module, batches: ReIterable, num_samples: int, p
                       ctx: dist.DistContext | None = None) -> dict:
     """lambda_max and the trace of the mean training loss over num_samples samples (all processes):
     `measure` with measures=[lambda_max, trace]."""
-    from msam.sharpness.run import default_settings
+    from msam.sharpness.settings import default_settings
 
     settings = default_settings(measures=["lambda_max", "trace"], algorithm=algorithm, max_iter=max_iter, tol=tol,
                                 trace_probes=trace_probes, seed=seed, keep_unconverged=keep_unconverged,

@@ -22,19 +22,11 @@ from msam.precision import exact_fp32
 from msam.sharpness.landscape import check_same_architecture
 from msam.sharpness.measures import MEASURES, Sizes, check_measures, measure
 from msam.sharpness.operator import PRODUCTS, ReIterable
-from msam.paths import CONF_DIR
+from msam.sharpness.settings import default_settings  # noqa: F401 (msam.sharpness's entry point)
 
 log = logging.getLogger("msam")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ALGORITHMS = ("lanczos", "power")
-
-
-def default_settings(**overrides) -> DictConfig:
-    """conf/sharpness.yaml's settings (without Hydra's keys), with overrides: for library use."""
-    settings = OmegaConf.load(CONF_DIR / "sharpness.yaml")
-    for key in ("defaults", "hydra"):
-        settings.pop(key, None)
-    return OmegaConf.merge(settings, overrides)
 
 
 def settings_domains() -> dict[str, dict]:
