@@ -195,7 +195,8 @@ ALL_MEASURES = ["measures=[lambda_max,trace,topk,density,sharpness,landscape]", 
 def numbers(value):
     """Every number in a sharpness.json section, flattened in a fixed order."""
     if isinstance(value, dict):
-        return [x for key in sorted(value) if key not in ("seconds", "data") for x in numbers(value[key])]
+        timing = ("seconds", "data", "forward_backward_units", "provenance")  # what the machine, not the math, sets
+        return [x for key in sorted(value) if key not in timing for x in numbers(value[key])]
     if isinstance(value, list):
         return [x for item in value for x in numbers(item)]
     return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
