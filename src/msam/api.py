@@ -114,7 +114,7 @@ class MSAM:
         checked = per_sample_checked(loss_fn)
         ctx = self.context()
         if self.method is None:  # impl="auto": measured once, on this first batch
-            choice, self.method = choose(self._build, self.m, self.model, self.precision, checked, (inputs, targets),
+            choice, self.method, _ = choose(self._build, self.m, self.model, self.precision, checked, (inputs, targets),
                                          steps=self.tune_steps, max_seconds=self.tune_max_seconds,
                                          keep_within=self.tune_keep_within, ctx=ctx,
                                          compiled=self.compiled, reweighting=self.reweighting is not None,

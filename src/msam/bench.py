@@ -92,7 +92,7 @@ def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | N
 def auto_choice(model, m: int, rho: float, batch, device, cfg: DictConfig) -> TunedImpl:
     """What method.impl=auto picks for this model, batch and device (the engine's own tuning)."""
     config = method_config("msam", rho, m=m)
-    choice, _ = choose(lambda c: build_method(config, model=model, choice=c), m, model, Precision(device.type),
+    choice, _, _ = choose(lambda c: build_method(config, model=model, choice=c), m, model, Precision(device.type),
                        per_sample_cross_entropy(0.0), batch, steps=cfg.tune_steps, max_seconds=cfg.tune_max_seconds,
                        keep_within=cfg.tune_keep_within, ctx=DistContext(device=device))
     return choice

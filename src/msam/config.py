@@ -87,11 +87,20 @@ def smallest_micro_batch(cfg: DictConfig) -> int:
 
 def check_compile(cfg: DictConfig) -> None:
     """torch.compile wraps the module's forward; torch.func's functional calls (impl=vmap and vmap_ascent, RW-SAM's
-    probe) swap its parameters on every call, which a compiled forward would recompile for."""
-    if not cfg.compile.enabled:
+    probe) swap its parameters on every call, which a compiled forward would recompile for. compile.step
+    compiles the method's call instead (methods/compiled.py), which vmap can be part of; RW-SAM's probe
+    replays random state (torch.random.fork_rng), which a compiled step does not reproduce."""
+    if cfg.compile.step is not False:
+        require(not cfg.compile.enabled, "compile.step and compile.enabled=true both compile the forward pass; "
+                "use compile.step (the whole step) or compile.enabled (the model), not both")
+        for method in (cfg.method, cfg.switch.then):
+            require(method is None or method.name != "rwsam",
+                    f"compile.step={str(cfg.compile.step).lower()} does not compile RW-SAM (its probe replays "
+                    "random state, which a compiled step does not reproduce); use compile.step=false")
+    if not cfg.compile.enabled and cfg.compile.step is False:
         return
     for method in (cfg.method, cfg.switch.then):
-        if method is None:
+        if method is None or not cfg.compile.enabled:
             continue
         require(method.name != "rwsam", "compile.enabled=true does not combine with method=rwsam (its probe "
                 "calls the model with swapped parameters); turn one off")

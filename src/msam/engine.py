@@ -22,6 +22,7 @@ from msam.errors import ConfigError, RunError
 from msam.evaluation import evaluate
 from msam.guard import NonFiniteGuard
 from msam.method_schedule import MethodSchedule
+from msam.methods.compiled import CompileCounts, compile_counts, is_compiled
 from msam.methods.params import trainable_parameters
 from msam.mirror import NoMirror, build_mirror
 from msam.models import build_model
@@ -149,6 +150,7 @@ def train_epoch(t: Training, epoch: int, method, step: int, totals: EpochTotals)
     seen = totals.seen if ctx.is_main else 0.0
     batches, skipped, reason = totals.batches, totals.skipped, None
     epoch_start_step = step - totals.batches
+    compiling = compile_counts(method)  # compile.step: what compiling costs is kept apart from the seconds
     start = time.perf_counter()
     for inputs, targets in loader.epoch(epoch, start_batch=totals.batches):
         loss, logits, bad = train_step(t, method, inputs, targets, step)
@@ -177,8 +179,10 @@ def train_epoch(t: Training, epoch: int, method, step: int, totals: EpochTotals)
     sums = torch.stack([loss_sum, correct, torch.tensor(seen, device=device, dtype=torch.float64)])
     dist.all_reduce_sum([sums], ctx)
     loss_total, correct_total, seen_total = sums.tolist()
-    return EpochTotals(loss_total, correct_total, seen_total, totals.seconds + time.perf_counter() - start,
-                       batches, skipped), step, reason
+    compiled = compile_counts(method).minus(compiling)
+    return EpochTotals(loss_total, correct_total, seen_total,
+                       totals.seconds + time.perf_counter() - start - compiled.seconds, batches, skipped,
+                       compiled=(totals.compiled or CompileCounts()).plus(compiled) if is_compiled(method) else None), step, reason
 
 
 def train(cfg: DictConfig) -> dict:
@@ -238,7 +242,7 @@ def setup(cfg: DictConfig, ctx: dist.DistContext, run_dir, process_split: dict):
                  f"(step {step})")
     model = dist.wrap(model, ctx, device)
     methods.build(model, loss_fn, data.train, state, ctx)
-    derived.update({f"{key}.impl": label for key, label in methods.ran.items()})
+    derived.update(methods.derived())
     guard = None
     if cfg.nonfinite != "off":  # under fp16 the scaler owns overflowing directions; the guard the loss
         guard = NonFiniteGuard(cfg.nonfinite, model, ctx, device, watch_direction=precision.scaler is None)
@@ -264,7 +268,7 @@ def train_run(cfg: DictConfig, ctx: dist.DistContext, run_dir, process_split: di
     def save(epochs_done: int, unfinished: EpochTotals | None) -> None:
         if ctx.is_main:
             checkpoints.save(run_dir, checkpoint_state(cfg, t.model, t.optimizer, t.scheduler, epochs_done, step,
-                                                       unfinished, t.precision, t.methods.ran,
+                                                       unfinished, t.precision, t.methods.record(),
                                                        t.data.fingerprint))
 
     t.preemption.install()

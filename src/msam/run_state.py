@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from msam import dist, runs
 from msam.errors import RunError
 from msam.methods import method_label
+from msam.methods.compiled import CompileCounts
 from msam.precision import Precision
 
 log = logging.getLogger("msam")
@@ -27,6 +28,11 @@ class EpochTotals:
     seconds: float = 0.0
     batches: int = 0
     skipped: int = 0  # steps skipped by nonfinite=skip (the same on every process)
+    compiled: CompileCounts | None = None  # compile.step: what compiling cost this epoch (not in seconds)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.compiled, dict):  # from a checkpoint
+            self.compiled = CompileCounts(**self.compiled)
 
 
 def checkpoint_state(cfg, model, optimizer, scheduler, epoch: int, step: int,
@@ -60,7 +66,29 @@ def epoch_row(epoch: int, step: int, method_name: str, lr: float, totals: EpochT
     return {"epoch": epoch, "step": step, "method": method_name, "lr": lr,
             "train_loss": totals.loss_sum / seen if totals.seen else float("nan"),
             "train_acc": 100.0 * totals.correct / seen, "seconds": totals.seconds,
-            **({"skipped_steps": totals.skipped} if totals.skipped else {})}
+            **({"skipped_steps": totals.skipped} if totals.skipped else {}),
+            **(compile_row(totals.compiled) if totals.compiled is not None else {})}
+
+
+def compile_row(counts: CompileCounts) -> dict:
+    """compile.step: the seconds the epoch's steps spent compiling (kept out of `seconds`), the
+    graphs and graph breaks of each process's first step, and the frames compiled again later."""
+    return {"compile_seconds": counts.seconds, "compile_graphs": counts.graphs, "compile_breaks": counts.breaks,
+            "recompiles": counts.recompiles}
+
+
+def compile_summary(rows: list[dict], derived: dict) -> dict:
+    """What compiling cost the whole run: in its steps (every epoch row) and in impl=auto's tuning
+    (compiled candidates timed on the first batch). Empty for a run that compiled no step."""
+    tuning = derived.get("compile.tuning_seconds", 0.0)
+    compiled = [r for r in rows if "compile_seconds" in r]
+    if not compiled and not tuning:
+        return {}
+    training = sum(r["compile_seconds"] for r in compiled)
+    return {"compile_seconds": training + tuning,
+            "compile": {"seconds_in_steps": training, "seconds_in_tuning": tuning,
+                        **{key: sum(r[f"compile_{key}"] for r in compiled) for key in ("graphs", "breaks")},
+                        "recompiles": sum(r["recompiles"] for r in compiled)}}
 
 
 def summarise(cfg, status, rows, derived, provenance, run_dir) -> dict:
@@ -76,6 +104,7 @@ def summarise(cfg, status, rows, derived, provenance, run_dir) -> dict:
         "train_acc": last.get("train_acc"), "train_loss": last.get("train_loss"),
         "best_test_acc": max((r["test_acc"] for r in rows), default=None),
         "seconds_per_epoch": sum(r["seconds"] for r in rows) / len(rows) if rows else None,
+        **compile_summary(rows, derived),
         "derived": derived, "provenance": provenance,
     }
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from msam.errors import ConfigError
-from msam.methods.autotune import Choice, vmap_refused
+from msam.methods.autotune import STEP, Choice, vmap_refused
 from msam.methods.base import Method
+from msam.methods.compiled import CompiledStep
 from msam.methods.msam_loop import DESCENT_LOSSES, SAMLoop
 from msam.methods.msam_vmap import SAMVmap
 from msam.methods.msam_vmap_ascent import SAMVmapAscent
@@ -72,3 +73,22 @@ def build_method(cfg: DictConfig, processes: int = 1, model=None, precision: Pre
             return vmapped(**common, chunk_size=choice.chunk_size)
         raise ConfigError(f"unknown method.impl '{cfg.impl}'; valid: {', '.join(MSAM_IMPLEMENTATIONS)}")
     raise ConfigError(f"unknown method '{cfg.name}'; valid: {', '.join(METHOD_NAMES)}")
+
+
+def fixed_choice(cfg: DictConfig, compiled: bool) -> Choice:
+    """The implementation a config names (not impl=auto): mSAM's impl, RW-SAM's loop, or the
+    one step of the other methods; compiled under compile.step=true."""
+    if cfg.name == "msam":
+        return Choice(cfg.impl, cfg.get("chunk_size"), compiled)
+    return Choice("loop" if cfg.name == "rwsam" else STEP, compiled=compiled)
+
+
+def build_step(cfg: DictConfig, compile_cfg: DictConfig, processes: int = 1, model=None,
+               precision: Precision = FP32, choice: Choice | None = None) -> Method:
+    """build_method, with the whole step under torch.compile where the choice is compiled
+    (compile.step; the settings are conf/train.yaml's compile.*)."""
+    method = build_method(cfg, processes, model, precision, choice if cfg.name == "msam" else None)
+    if choice is None or not choice.compiled:
+        return method
+    return CompiledStep(method, backend=compile_cfg.backend, mode=compile_cfg.mode, dynamic=compile_cfg.dynamic,
+                        cache_dir=compile_cfg.cache_dir, fallback_random=compile_cfg.fallback_random)

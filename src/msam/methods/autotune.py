@@ -27,23 +27,32 @@ from msam.batchnorm_layers import batchnorms
 log = logging.getLogger("msam")
 
 
+COMPILED_PREFIX = "compiled:"
+STEP = "step"  # the implementation of a method that has one (vanilla, SAM, ASAM, RW-SAM)
+
+
 @dataclass(frozen=True)
 class Choice:
-    """One implementation: the loop, or vmap / vmap_ascent with an optional chunk size."""
+    """One implementation: the loop, or vmap / vmap_ascent with an optional chunk size (mSAM), or
+    `step` (a method with one implementation); eager or compiled (compile.step)."""
 
     impl: str
     chunk_size: int | None = None
+    compiled: bool = False
 
     @property
     def label(self) -> str:
-        return self.impl if self.chunk_size is None else f"{self.impl}(chunk_size={self.chunk_size})"
+        label = self.impl if self.chunk_size is None else f"{self.impl}(chunk_size={self.chunk_size})"
+        return COMPILED_PREFIX + label if self.compiled else label
 
     @classmethod
     def from_label(cls, label: str) -> "Choice":
+        compiled = label.startswith(COMPILED_PREFIX)
+        label = label.removeprefix(COMPILED_PREFIX)
         if "(" not in label:
-            return cls(label)
+            return cls(label, compiled=compiled)
         impl, rest = label.split("(", 1)
-        return cls(impl, int(rest.rstrip(")").split("=")[1]))
+        return cls(impl, int(rest.rstrip(")").split("=")[1]), compiled)
 
 
 def vmap_refused(model, precision) -> str | None:
@@ -54,9 +63,9 @@ def vmap_refused(model, precision) -> str | None:
     return None
 
 
-def candidates(m: int, model, precision, *, dict_inputs: bool = False, compiled: bool = False,
-               reweighting: bool = False, chunk_size: int | None = None) -> list[Choice]:
-    """The implementations that can run this configuration. vmap and vmap_ascent (vmap's ascent,
+def eager_candidates(m: int, model, precision, *, dict_inputs: bool = False, compiled: bool = False,
+                     reweighting: bool = False, chunk_size: int | None = None) -> list[Choice]:
+    """The mSAM implementations that can run this configuration. vmap and vmap_ascent (vmap's ascent,
     the loop's descent) need tensor inputs, an uncompiled model and no reweighting (RW-SAM's probe
     runs in the loop only). A chunk_size the user set is the only chunking tried (it bounds the activations);
     otherwise vmap runs all m at once and, for m >= 8, a quarter of them at a time."""
@@ -71,9 +80,30 @@ def candidates(m: int, model, precision, *, dict_inputs: bool = False, compiled:
     return choices + [Choice("vmap_ascent")]
 
 
+def candidates(eager: list[Choice], compile_step) -> list[Choice]:
+    """compile.step=false: the eager implementations; true: each one compiled; auto: both."""
+    compiled = [Choice(c.impl, c.chunk_size, compiled=True) for c in eager]
+    return {False: eager, True: compiled, "auto": eager + compiled}[compile_step]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One candidate's measurement and what a run of `planned_steps` steps would cost with it."""
+
+    ms: float  # its best round
+    compile_seconds: float  # what compiling it cost in this process (0 eager; the largest over processes)
+    estimate_seconds: float  # compile_seconds + planned_steps x ms
+
+
 def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, max_seconds: float,
-         keep_within: float, ctx: dist.DistContext) -> tuple[Choice, dict[str, float]]:
-    """The fastest of `methods` and the table of their best times (ms per step).
+         keep_within: float, ctx: dist.DistContext, planned_steps: int = 0,
+         time_alone: bool = False) -> tuple[Choice, dict[str, Timing]]:
+    """The candidate of `methods` that makes the run cheapest, and each one's Timing by label.
+
+    Eager candidates only: the fastest. With compiled ones (compile.step=auto), the run's cost is
+    estimated as compile seconds plus planned_steps times the step: a compiled step is chosen only
+    where the steps it saves pay for compiling it. Its compile seconds are those of its first
+    (untimed) call here, which a chosen compiled step does not pay again.
 
     One untimed warm-up round, then up to `steps` timed rounds, the candidates interleaved within
     each. A candidate's time is its fastest round: on a shared machine a step is only ever slowed
@@ -82,8 +112,9 @@ def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, ma
     dropped, so the remaining rounds go to the close ones (and a clearly slower vmap costs one
     round, not all of them). Tuning stops after `max_seconds`. Each round's times are max-reduced
     over the processes before any decision, so every process keeps and drops the same candidates."""
-    if len(methods) == 1:
+    if len(methods) == 1 and not time_alone:
         return next(iter(methods)), {}
+    from msam.methods.compiled import compile_counts
     network = dist.unwrap(model)
     params = [p for p in network.parameters() if p.requires_grad]
     tensors = [*network.parameters(), *network.buffers()]  # non-persistent buffers too
@@ -107,7 +138,7 @@ def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, ma
                 try:
                     methods[choice](model, loss_fn, batch)
                 except (RuntimeError, NotImplementedError) as caught:  # out of memory, an op vmap lacks
-                    if choice.impl == "loop":
+                    if choice.impl == "loop" and not choice.compiled:
                         raise  # the reference implementation: the run could not train at all
                     error = f"{type(caught).__name__}: {str(caught).splitlines()[0][:200]}"
                     if device.type == "cuda":
@@ -141,25 +172,81 @@ def tune(methods: dict[Choice, object], model, loss_fn, batch, *, steps: int, ma
     for choice, reason in failed.items():
         log.warning(f"impl=auto: {choice.label} cannot run this configuration ({reason}); not a candidate")
     timed = [c for c in order if c not in failed]
-    table = {choice.label: best[choice] for choice in timed}
-    chosen = min((c for c in timed if c not in dropped), key=lambda c: best[c])
-    log.info("impl=auto: " + ", ".join(f"{choice.label} {best[choice]:.1f} ms"
-                                       + (f" (dropped: {dropped[choice]})" if choice in dropped else "")
-                                       for choice in timed)
-             + f" per step (best round) -> {chosen.label}")
+    compile_seconds = torch.tensor([compile_counts(methods[c]).seconds for c in timed], dtype=torch.float64,
+                                   device=ctx.device)
+    dist.all_reduce_([compile_seconds], ctx, torch.distributed.ReduceOp.MAX)
+    table = {c.label: Timing(best[c], seconds, seconds + planned_steps * best[c] / 1000)
+             for c, seconds in zip(timed, compile_seconds.tolist())}
+    # A dropped candidate's best is more than keep_within x the leader's: it can win only where
+    # the leader's compile seconds outweigh the steps, which is what the estimate decides.
+    chosen = min(timed, key=lambda c: (table[c.label].estimate_seconds, best[c]))
+    log.info("impl=auto: " + ", ".join(
+        f"{c.label} {best[c]:.1f} ms" + (f" + {table[c.label].compile_seconds:.1f} s compiling" if c.compiled else "")
+        + (f" (dropped: {dropped[c]})" if c in dropped else "") for c in timed)
+        + f" per step (best round)"
+        + (f"; over {planned_steps} steps: " + ", ".join(f"{c.label} {table[c.label].estimate_seconds:.0f} s"
+                                                         for c in timed) if any(c.compiled for c in timed) else "")
+        + f" -> {chosen.label}")
     return chosen, table
 
 
-def choose(build, m: int, model, precision, loss_fn, batch, *, steps: int, max_seconds: float,
+def choose(build, m: int | None, model, precision, loss_fn, batch, *, steps: int, max_seconds: float,
            keep_within: float, ctx: dist.DistContext, compiled: bool = False, reweighting: bool = False,
-           chunk_size: int | None = None) -> tuple[Choice, object]:
-    """impl=auto in one call: the candidates for this configuration, each built by build(choice),
-    tuned on `batch`; returns the choice and its method."""
-    options = candidates(m, dist.unwrap(model), precision, dict_inputs=isinstance(batch[0], dict),
-                         compiled=compiled, reweighting=reweighting, chunk_size=chunk_size)
+           chunk_size: int | None = None, compile_step=False, planned_steps: int = 0,
+           compile_seconds_guess: float = 0.0) -> tuple[Choice, object, dict[str, Timing]]:
+    """impl=auto (and compile.step=auto) in one call: the candidates for this configuration, each
+    built by build(choice), tuned on `batch`; returns the choice, its method and the timings.
+    m=None: a method with one implementation (vanilla, SAM, ASAM), tuned eager against compiled."""
+    eager = [Choice(STEP)] if m is None else eager_candidates(
+        m, dist.unwrap(model), precision, dict_inputs=isinstance(batch[0], dict), compiled=compiled,
+        reweighting=reweighting, chunk_size=chunk_size)
+    settings = dict(steps=steps, max_seconds=max_seconds, keep_within=keep_within, ctx=ctx,
+                    planned_steps=planned_steps)
+    if compile_step == "auto":
+        return choose_compiled(build, eager, model, loss_fn, batch, settings, compile_seconds_guess)
+    options = candidates(eager, compile_step)
     methods = {choice: build(choice) for choice in options}
-    choice, _ = tune(methods, model, loss_fn, batch, steps=steps, max_seconds=max_seconds,
-                     keep_within=keep_within, ctx=ctx)
+    choice, table = tune(methods, model, loss_fn, batch, **settings)
     if len(options) == 1:
         log.info(f"impl=auto: {choice.label} (the only implementation for this configuration)")
-    return choice, methods[choice]
+    return choice, methods[choice], table
+
+
+def choose_compiled(build, eager: list[Choice], model, loss_fn, batch, settings: dict,
+                    compile_seconds_guess: float) -> tuple[Choice, object, dict[str, Timing]]:
+    """compile.step=auto: the eager implementations first, then their compiled forms, fastest eager
+    first, each timed against the leader so far. Compiling one costs tens of seconds, so a
+    compiled candidate is compiled only where it could still make the run cheaper than the best
+    estimate so far, assuming it compiles no faster than the quickest compile measured so far
+    (before the first: compile_seconds_guess, impl_tuning's) and steps no faster than the fastest
+    compiled step measured so far. Each candidate not compiled is logged with its reason."""
+    methods = {c: build(c) for c in eager}
+    leader, table = tune(methods, model, loss_fn, batch, **settings, time_alone=True)
+    planned = settings["planned_steps"]
+    for choice in sorted(eager, key=lambda c: table[c.label].ms if c.label in table else math.inf):
+        if choice.label not in table:
+            continue  # it failed eager; compiled it would fail too
+        compiled = Choice(choice.impl, choice.chunk_size, compiled=True)
+        measured = [t for label, t in table.items() if label.startswith(COMPILED_PREFIX)]
+        guess = min((t.compile_seconds for t in measured), default=compile_seconds_guess)
+        floor_ms = min((t.ms for t in measured), default=0.0)
+        best = table[leader.label].estimate_seconds
+        if guess + planned * floor_ms / 1000 >= best:
+            log.info(f"impl=auto: {compiled.label} not compiled: at {guess:.1f} s compiling and "
+                     f"{floor_ms:.1f} ms per step it could not beat {leader.label}'s {best:.0f} s over "
+                     f"{planned} steps")
+            continue
+        methods[compiled] = build(compiled)
+        winner, pair = tune({leader: methods[leader], compiled: methods[compiled]}, model, loss_fn, batch,
+                            **settings)
+        if compiled.label not in pair:  # it failed compiled: tune warned
+            continue
+        ms = min(table[leader.label].ms, pair[leader.label].ms)
+        table[leader.label] = Timing(ms, table[leader.label].compile_seconds,
+                                     table[leader.label].compile_seconds + planned * ms / 1000)
+        table[compiled.label] = pair[compiled.label]
+        leader = min((Choice.from_label(label) for label in table),
+                     key=lambda c: (table[c.label].estimate_seconds, table[c.label].ms))
+    log.info(f"impl=auto: {leader.label} (estimated {table[leader.label].estimate_seconds:.0f} s over {planned} "
+             "steps, compiling included)")
+    return leader, methods[leader], table

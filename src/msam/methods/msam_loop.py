@@ -89,10 +89,16 @@ class SAMLoop:
                                                   self.precision)
         return (weights * losses).sum(), weights, losses.mean(), logits
 
-    def __call__(self, model: torch.nn.Module, loss_fn: LossFn, batch):
-        params = trainable_parameters(model)
+    def prepare(self, model: torch.nn.Module) -> None:
+        """The state kept between steps of one model: the BatchNorm averager and the weight copy's
+        buffers. Built on the first call, or before it by compile.step (methods/compiled.py)."""
         if self.bn_stats is None or self.bn_stats.model is not model:
             self.bn_stats = RunningStatsAverager(model, self.m)
+        self.snapshot.allocate(trainable_parameters(model))
+
+    def __call__(self, model: torch.nn.Module, loss_fn: LossFn, batch):
+        params = trainable_parameters(model)
+        self.prepare(model)
         self.bn_stats.begin_step()
         self.snapshot.save(params)
         zero_grads(params)

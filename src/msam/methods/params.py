@@ -26,10 +26,13 @@ class WeightSnapshot:
     def __init__(self) -> None:
         self.buffers: list[torch.Tensor] | None = None
 
+    def allocate(self, params: list[torch.Tensor]) -> None:
+        if self.buffers is None or len(self.buffers) != len(params):
+            self.buffers = [torch.empty_like(p) for p in params]
+
     def save(self, params: list[torch.Tensor]) -> None:
+        self.allocate(params)
         with torch.no_grad():
-            if self.buffers is None or len(self.buffers) != len(params):
-                self.buffers = [torch.empty_like(p) for p in params]
             torch._foreach_copy_(self.buffers, params)
 
     def restore(self, params: list[torch.Tensor]) -> None:
