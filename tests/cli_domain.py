@@ -19,7 +19,7 @@ from omegaconf import OmegaConf, open_dict
 from msam import engine
 from msam.cli import compose_or_fail
 from msam.config import check_config
-from msam.domains import Bool, Choice, Int, ListOf, Number, Optional, Text, domain_of, domains, leaves
+from msam.domains import Bool, Choice, Either, Int, ListOf, Number, Optional, Text, domain_of, domains, leaves
 from msam.errors import ConfigError, RunError
 from msam.paths import CONF_DIR
 
@@ -66,6 +66,8 @@ def valid_values(domain) -> list:
     """A few values inside a domain: its ends, small steps into it, each choice."""
     if isinstance(domain, Optional):
         return [None, *valid_values(domain.inner)]
+    if isinstance(domain, Either):
+        return [*valid_values(domain.first), *valid_values(domain.second)]
     if isinstance(domain, Int):
         top = domain.high if domain.high is not None else domain.low + 8
         return sorted({domain.low, domain.low + 1, domain.low + 2, min(top, domain.low + 7)})
@@ -95,7 +97,7 @@ VALID = {key: [literal(v) for v in valid_values(domain_of(key, TABLE))] for key 
 
 def too_costly(cfg) -> bool:
     """Accepted lines whose smoke run would take more than seconds on 2 cores."""
-    return (cfg.epochs > 3 or cfg.batch_size > 32 or cfg.compile.enabled or cfg.smoke.train_batches > 4
+    return (cfg.epochs > 3 or cfg.batch_size > 32 or cfg.compile.enabled or cfg.compile.step is True or cfg.smoke.train_batches > 4
             or cfg.impl_tuning.steps > 5)
 
 

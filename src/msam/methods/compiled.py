@@ -109,9 +109,10 @@ class CompiledStep:
 
 
 def is_compiled(method) -> bool:
-    return isinstance(method, CompiledStep)
+    return isinstance(getattr(method, "counts", None), CompileCounts)
 
 
 def compile_counts(method) -> CompileCounts:
     """A copy of a method's compile counts so far (zero for an eager method)."""
-    return replace(method.counts) if isinstance(method, CompiledStep) else CompileCounts()
+    counts = getattr(method, "counts", None)
+    return replace(counts) if isinstance(counts, CompileCounts) else CompileCounts()
