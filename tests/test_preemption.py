@@ -25,17 +25,24 @@ def signal_at_step(monkeypatch, at_step):
     """Deliver SIGUSR2 to this process during the optimizer step number at_step."""
     real, calls = engine.MethodSchedule.for_epoch, {"steps": 0}
 
-    def wrapped(self, epoch, step):
-        method = real(self, epoch, step)
+    class Counting:
+        """The method, with a signal sent during one call; its attributes (name, m, a compiled
+        step's counts) read through."""
 
-        def counting(model, loss_fn, batch):
+        def __init__(self, method):
+            self.method = method
+
+        def __getattr__(self, name):
+            return getattr(self.method, name)
+
+        def __call__(self, model, loss_fn, batch):
             calls["steps"] += 1
             if calls["steps"] == at_step:
                 os.kill(os.getpid(), signal.SIGUSR2)
-            return method(model, loss_fn, batch)
+            return self.method(model, loss_fn, batch)
 
-        counting.name, counting.m = method.name, method.m
-        return counting
+    def wrapped(self, epoch, step):
+        return Counting(real(self, epoch, step))
 
     monkeypatch.setattr(engine.MethodSchedule, "for_epoch", wrapped)
 
