@@ -69,6 +69,11 @@ def build_implementation(variant, m):
         return SAMVmapAscent(m=m, rho=0.3, eps=1e-12)
     if variant == "rwsam":
         return rwsam(m)
+    if variant in ("compiled_loop", "compiled_vmap"):  # compile.step: the whole step under torch.compile
+        from msam.methods.compiled import CompiledStep
+
+        eager = SAMLoop(m=m, rho=0.3, eps=1e-12) if variant == "compiled_loop" else SAMVmap(m=m, rho=0.3, eps=1e-12)
+        return CompiledStep(eager)
     return SAMLoop(m=m, rho=0.3, eps=1e-12)
 
 
@@ -151,6 +156,15 @@ def test_ddp_with_the_vmap_implementations_equals_single_process_msam(tmp_path, 
     # vmap all-reduces the direction itself; vmap_ascent's last descent backward does, once per
     # step (averaging is linear: a reduction after every pass would give the same weights)
     assert reductions == (0 if variant == "vmap" else STEPS)
+    assert max_diff(ddp, single_process(WORLD * 2)) < 1e-10
+
+
+@pytest.mark.parametrize("variant", ["compiled_loop", "compiled_vmap"])
+def test_ddp_with_the_compiled_step_equals_single_process_msam(tmp_path, variant):
+    """compile.step under DDP: each process compiles its own step (dynamo runs the all-reduce
+    of DDP's backward eagerly, in a graph break), and 2 processes with m = 2 each train what one
+    eager process with m = 4 trains, to float64 rounding."""
+    ddp, _ = run_ddp(tmp_path, 2, variant)
     assert max_diff(ddp, single_process(WORLD * 2)) < 1e-10
 
 
