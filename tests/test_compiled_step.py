@@ -128,7 +128,9 @@ def test_the_compiled_step_under_autocast_is_fp32_s_direction_and_as_far_from_va
     gap = (reference - fp32_vanilla).norm()
     assert gap > 4 * tolerance
     assert (mixed - reference).norm() < tolerance
-    assert not torch.equal(mixed, reference)  # it did run in low precision
+    # it did run in low precision: measured 4e-4 to 2e-2 relative from fp32's direction, where the
+    # compiled fp32 step is 7e-8 from the eager one (the compiler's rounding, not the dtype)
+    assert (mixed - reference).norm() > 1e-5 * reference.norm()
 
 
 def test_a_compiled_run_compiles_once_and_keeps_the_compile_seconds_apart(make_cfg):
