@@ -112,6 +112,20 @@ def test_runtime_table_gives_ratios_to_sam_on_the_same_setting(fixture_runs):
     assert msam["paper_x_sam"] == pytest.approx(16196 / 7440)
 
 
+def test_runtime_table_keeps_compile_seconds_in_their_own_column(tmp_path):
+    root = tmp_path / "runs"
+    for seed, compiling in enumerate([40.0, 50.0]):
+        run = fixture_run(root, f"msam{seed}", method="msam", m=32, seed=seed, acc=83.0, seconds=17.0)
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "compile_seconds": compiling}))
+    fixture_run(root, "sam0", method="sam", m=1, seed=0, acc=81.0, seconds=16.0)
+    report = runtime_table(collect_runs(root)[0])
+    msam = report.numbers[report.numbers.method == "msam"].iloc[0]
+    assert msam["compile"] == pytest.approx(45.0) and msam["x_sam"] == pytest.approx(17.0 / 16.0)
+    assert msam["total"] == pytest.approx(17.0 * 200)  # compiling is not in the training seconds
+    assert list(report.display["compile (s)"]) == ["—", "45.0"]  # sam, then msam: SAM compiled nothing
+
+
 def test_accuracy_vs_m_draws_a_figure(fixture_runs):
     report = accuracy_vs_m(collect_runs(fixture_runs)[0])
     assert list(report.numbers["m"]) == [1, 16, 32] and report.figure is not None

@@ -18,7 +18,7 @@ from msam.report.measures import run_measures
 COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "epochs", "epochs_completed", "test_acc", "test_mcc", "test_f1",
            "best_test_acc", "seconds_per_epoch", "train_seconds", "seed_group", "lambda_max", "trace",
            "switch_to", "switch_fraction", "impl", "rw_lambda", "norm_scale", "run_dir",
-           "negative_mass", "rise_1d", "sharpness_rho"]
+           "negative_mass", "rise_1d", "sharpness_rho", "compile_seconds"]
 # and, where some run measured them, one column per k-th eigenvalue (lambda_k=5) and per m-sharpness
 # row (sharpness:worst@micro): their names depend on what was measured (msam.report.measures)
 
