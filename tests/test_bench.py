@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from msam import bench
 from msam.bench import markdown, run_bench
+from msam.errors import ConfigError
 
 
 def test_bench_rows_have_ratios_for_every_method(tmp_path):
@@ -23,6 +24,32 @@ def test_bench_rows_have_ratios_for_every_method(tmp_path):
                                                    ("floor", 2), ("loop", 4), ("vmap", 4), ("floor", 4)]
     assert all(r["min_ms"] <= r["ms"] <= r["max_ms"] and r["device"].startswith("cpu") for r in rows)
     assert "| vit_small | 8 | 4 | vmap |" in markdown(rows, cfg)
+
+
+def test_compiled_rows_time_each_step_compiled_beside_the_eager_rows(tmp_path):
+    cfg = OmegaConf.merge(OmegaConf.load(bench.CONF_DIR / "bench.yaml"), {
+        "models": ["small_cnn"], "image_size": 8, "channels": 1, "batch_sizes": [8], "ms": [2],
+        "impls": ["loop", "vmap"], "baselines": ["vanilla", "sam", "rwsam"], "repeats": 2, "warmup": 1,
+        "compile_step": True, "compile": {"backend": "eager"}, "device": "cpu"})
+    rows = run_bench(cfg)
+    assert [r["impl"] for r in rows] == ["vanilla", "sam", "rwsam", "loop", "vmap", "compiled:vanilla",
+                                         "compiled:sam", "compiled:loop", "compiled:vmap"]  # RW-SAM: refused compiled
+    compiled = {r["impl"]: r for r in rows if r["impl"].startswith("compiled:")}
+    assert compiled["compiled:sam"]["ratio_vs_compiled_sam"] == 1.0
+    assert compiled["compiled:vmap"]["ratio_vs_compiled_sam"] == pytest.approx(
+        compiled["compiled:vmap"]["ms"] / compiled["compiled:sam"]["ms"])
+    # dynamo traced every compiled row on its warm-up call, and compiled nothing again while timed
+    assert all(r["graphs"] >= 1 and r["compile_seconds"] > 0 and r["recompiles"] == 0 for r in compiled.values())
+    assert all("compile_seconds" not in r and "ratio_vs_compiled_sam" not in r for r in rows[:5])
+    table = markdown(rows, cfg)
+    assert "| × compiled SAM | compile (s) | graphs, breaks, recompiles |" in table
+    assert "| small_cnn | 8 | 2 | compiled:vmap |" in table and "| small_cnn | 8 | 2 | vmap |" in table
+
+
+def test_compiled_rows_need_an_untimed_warm_up_call():
+    cfg = OmegaConf.merge(OmegaConf.load(bench.CONF_DIR / "bench.yaml"), {"compile_step": True, "warmup": 0})
+    with pytest.raises(ConfigError, match="compile_step=true needs warmup >= 1"):
+        run_bench(cfg)
 
 
 class Clock:
@@ -120,36 +147,3 @@ def test_the_one_pass_ascent_gives_the_loops_micro_batch_gradients(name, channel
     assert max((got[i][j] - loop[j][i]).abs().max().item() for i in range(len(params)) for j in range(3)) < 1e-12
     assert max((loop[0][i] - loop[1][i]).abs().max().item() for i in range(len(params))) > 1e-3  # j matters
     assert all("forward" not in vars(module) for module in model.modules())  # the layers' own forwards again
-
-
-def test_the_compiled_step_check_starts_both_steps_from_the_same_state():
-    """scripts/bench_compiled_step.py's check: an equal step reads 0 and leaves the model as it
-    was; a different step (another rho) does not read 0."""
-    from msam.bench import bench_model
-
-    script = load_script("bench_compiled_step")
-    torch.manual_seed(0)
-    model = bench_model("small_cnn", 10, 8, 1).double().train()
-    batch = torch.randn(16, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (16,))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    sam = bench.methods_for(1, 0.05, [], ["sam"])["sam"]  # (not mSAM: the check is the same, dynamo traces it faster)
-    compiled = torch.compile(sam, backend="eager", dynamic=False)
-    deviation, _ = script.compiled_deviation(model, sam, compiled, batch)
-    assert deviation < 1e-12
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.parameters())
-    deviation, _ = script.compiled_deviation(model, sam, bench.methods_for(1, 0.5, [], ["sam"])["sam"], batch)
-    assert deviation > 1e-6
-
-
-def test_the_compiled_step_bench_prints_its_ratios_and_graphs():
-    script = load_script("bench_compiled_step")
-    lines = script.main(["--backend", "eager", "--methods", "vanilla,sam", "--repeats", "2", "--warmup", "0",
-                         "--batch", "16", "--m", "4", "--device", "cpu"])
-    assert lines[0].startswith("small_cnn, B = 16, m = 4, cpu, backend eager")
-    rows = {line[:18].strip(): line for line in lines[1:]}
-    assert list(rows) == ["vanilla", "sam", "compiled vanilla", "compiled sam"]
-    assert "1.00x SAM" in rows["sam"] and "1.00x compiled SAM" in rows["compiled sam"]
-    assert "graph(s)" in rows["compiled vanilla"] and "compiled SAM" not in rows["vanilla"]
-    graphs = int(rows["compiled sam"].split(" graph(s)")[0].split()[-1])
-    assert graphs >= 1  # dynamo compiled something: a silent eager fallback would read 0

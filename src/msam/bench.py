@@ -4,6 +4,10 @@ to vanilla and SAM measured in the same process (a Hydra app over conf/bench.yam
 Each row: model, B, m, impl, median ms per step, spread (min-max), peak GPU memory (CUDA only),
 ratio to SAM and to vanilla of the same model and B. Steps of all methods are interleaved
 (vanilla, SAM, loop, vmap, vmap_ascent, vanilla, ...) so drifting machine load hits them alike.
+With compile_step=true each baseline and fixed mSAM row is also timed with its whole step under
+torch.compile (compile.step; rows `compiled:<impl>`), with its ratio to compiled SAM, the seconds
+its first call spent compiling (a warm-up round: never timed) and dynamo's graph, break and
+recompile counts.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from msam import allocator, timing
 from msam.cli import guarded, run_tool
 from msam.config import require
-from msam.domains import SEED_MAX, Bool, Choice, Int, ListOf, Number, Text, check_domains
+from msam.domains import COMPILE_SETTINGS, SEED_MAX, Bool, Choice, Int, ListOf, Number, Text, check_domains
 from msam.dist import DistContext
 from msam.errors import ConfigError
 from msam.engine import per_sample_cross_entropy, pick_device
-from msam.methods import build_method
+from msam.methods import build_method, build_step
 from msam.methods.autotune import Choice as TunedImpl
-from msam.methods.autotune import choose
+from msam.methods.autotune import COMPILED_PREFIX, STEP, choose
+from msam.methods.compiled import compile_counts, is_compiled
 from msam.models import build_model
 from msam.precision import Precision
 from msam.runs import device_description, write_atomic
@@ -72,11 +77,15 @@ class MicroBatchFloor:
             (loss_fn(model(x), y).mean() / self.m).backward()
 
 
-def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | None = None) -> dict:
+def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | None = None,
+                compile_cfg: DictConfig | None = None) -> dict:
     """The baselines (vanilla, SAM, optionally RW-SAM), then each mSAM implementation at m.
     `compile` is the loop on the torch.compile'd model (run_bench gives it that model); `auto` is
-    what impl=auto chose for this model and batch (auto_choice)."""
-    methods = {name: build_method(method_config(name, rho if name != "vanilla" else 0.0)) for name in baselines}
+    what impl=auto chose for this model and batch (auto_choice). With compile_cfg (compile.step's
+    settings), each baseline but RW-SAM (which compile.step refuses) and each fixed mSAM
+    implementation again as `compiled:<name>`, its whole step compiled."""
+    configs = {name: method_config(name, rho if name != "vanilla" else 0.0) for name in baselines}
+    methods = {name: build_method(cfg) for name, cfg in configs.items()}
     if m > 1:
         for impl in impls:
             if impl == "auto" and auto_choice is not None and auto_choice.label in impls:
@@ -86,6 +95,13 @@ def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | N
                 continue
             cfg = method_config("msam", rho, m=m, impl="loop" if impl == "compile" else impl)
             methods[impl] = build_method(cfg, choice=auto_choice if impl == "auto" else None)
+            if impl not in ("auto", "compile"):
+                configs[impl] = cfg
+    if compile_cfg is not None:
+        for name, cfg in configs.items():
+            if name != "rwsam":
+                choice = TunedImpl(cfg.impl if cfg.name == "msam" else STEP, compiled=True)
+                methods[COMPILED_PREFIX + name] = build_step(cfg, compile_cfg, choice=choice)
     return methods
 
 
@@ -119,7 +135,17 @@ def time_steps(model, methods: dict, batch, device, repeats: int, warmup: int, c
                 if device.type == "cuda":
                     peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device))
     return {name: {"ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t),
-                   "peak_gb": peaks[name] / 2**30 if device.type == "cuda" else None} for name, t in times.items()}
+                   "peak_gb": peaks[name] / 2**30 if device.type == "cuda" else None,
+                   **(compile_fields(methods[name]) if is_compiled(methods[name]) else {})}
+            for name, t in times.items()}
+
+
+def compile_fields(method) -> dict:
+    """A compiled row's compile cost: seconds spent compiling (its first, warm-up call), the graphs
+    and breaks of that call, and the frames compiled again later (a recompilation; 0 expected)."""
+    counts = compile_counts(method)
+    return {"compile_seconds": counts.seconds, "graphs": counts.graphs, "breaks": counts.breaks,
+            "recompiles": counts.recompiles}
 
 
 def bench_domains() -> dict[str, dict]:
@@ -129,7 +155,8 @@ def bench_domains() -> dict[str, dict]:
                  "impls": ListOf(Choice(IMPLS)), "tune_steps": Int(1), "tune_max_seconds": Number(0, open_low=True),
                  "tune_keep_within": Number(1), "baselines": ListOf(Choice(BASELINES)),
                  "repeats": Int(1), "warmup": Int(0), "rho": Number(0), "num_classes": Int(2), "image_size": Int(1), "channels": Int(1),
-                 "device": Text(), "seed": Int(0, SEED_MAX)},
+                 "device": Text(), "seed": Int(0, SEED_MAX), "compile_step": Bool()},
+            "compile": COMPILE_SETTINGS,
             "cpu_allocator": {"tune": Bool(), "mmap_threshold": Int(0), "trim_threshold": Int(0)}}
 
 
@@ -141,6 +168,8 @@ def check_bench(cfg: DictConfig) -> None:
     require({"vanilla", "sam"} <= set(cfg.baselines),
             f"baselines must include vanilla and sam (the ratios' references), got {list(cfg.baselines)}")
     require("/" not in cfg.name, f"name must be a file name (no '/'), got {cfg.name!r}")
+    require(not cfg.compile_step or cfg.warmup >= 1,
+            "compile_step=true needs warmup >= 1: a compiled row's first call compiles, and is never timed")
     require(any(b % m == 0 for b in cfg.batch_sizes for m in cfg.ms),
             f"no m in ms={list(cfg.ms)} divides a batch size in batch_sizes={list(cfg.batch_sizes)}: nothing to time")
 
@@ -165,23 +194,32 @@ def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
                     continue
                 chosen = auto_choice(model, m, cfg.rho, batch, device, cfg) if (
                     "auto" in cfg.impls and m > 1) else None
-                timed = time_steps(model, methods_for(m, cfg.rho, cfg.impls, cfg.baselines, chosen), batch, device,
-                                   cfg.repeats, cfg.warmup, compiled)
+                methods = methods_for(m, cfg.rho, cfg.impls, cfg.baselines, chosen,
+                                      cfg.compile if cfg.compile_step else None)
+                timed = time_steps(model, methods, batch, device, cfg.repeats, cfg.warmup, compiled)
                 baseline = timed if baseline is None else baseline
                 if chosen is not None and "auto" not in timed:
                     timed["auto"] = timed[chosen.label]
-                fixed = [timed[i]["ms"] for i in timed if i not in cfg.baselines and i not in ("auto", "floor")]
+                fixed = [timed[i]["ms"] for i in timed if i not in cfg.baselines and i not in ("auto", "floor")
+                         and not i.startswith(COMPILED_PREFIX)]
                 for impl, t in timed.items():
-                    if impl in cfg.baselines and m != cfg.ms[0]:
+                    baseline_row = impl.removeprefix(COMPILED_PREFIX) in cfg.baselines
+                    if baseline_row and m != cfg.ms[0]:
                         continue  # one vanilla/SAM row per (model, B); the ratios use this round's
-                    rows.append({"model": model_name, "B": batch_size, "m": m if impl not in cfg.baselines else 1,
+                    compiled_sam = timed.get(COMPILED_PREFIX + "sam")
+                    rows.append({"model": model_name, "B": batch_size, "m": 1 if baseline_row else m,
                                  "impl": impl, **t, "ratio_vs_sam": t["ms"] / timed["sam"]["ms"],
                                  "ratio_vs_vanilla": t["ms"] / timed["vanilla"]["ms"],
+                                 **({"ratio_vs_compiled_sam": t["ms"] / compiled_sam["ms"]}
+                                    if compiled_sam is not None and impl.startswith(COMPILED_PREFIX) else {}),
                                  "device": device_description(device),
                                  **({"auto_choice": chosen.label, "auto_vs_best_fixed": t["ms"] / min(fixed)}
                                     if impl == "auto" else {})})
                     print(f"{model_name} B={batch_size} m={rows[-1]['m']} {impl}: {t['ms']:.0f} ms "
-                          f"({rows[-1]['ratio_vs_sam']:.2f}x SAM)", flush=True)
+                          f"({rows[-1]['ratio_vs_sam']:.2f}x SAM"
+                          + (f", {rows[-1]['ratio_vs_compiled_sam']:.2f}x compiled SAM, "
+                             f"{t['compile_seconds']:.1f} s compiling" if "ratio_vs_compiled_sam" in rows[-1] else "")
+                          + ")", flush=True)
                 if on_rows is not None:
                     on_rows(rows)
     return rows
@@ -193,12 +231,26 @@ def markdown(rows: list[dict], cfg) -> str:
              "auto: the implementation impl=auto chose on this model and batch (timed in its own row only "
              "when it is none of the fixed rows)", "",
              "| model | B | m | impl | ms / step | × SAM | × vanilla | peak GB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    compiled = any("compile_seconds" in r for r in rows)
+    if compiled:  # compile_step=true: the compiled rows' own columns
+        lines[2] += ("; compiled:<impl>: its whole step under torch.compile (compile.step, "
+                     f"backend {cfg.compile.backend}, mode {cfg.compile.mode}), its compile seconds those of its "
+                     "first (warm-up) call, kept out of its ms / step")
+        lines[-2] += " × compiled SAM | compile (s) | graphs, breaks, recompiles |"
+        lines[-1] += " --- | --- | --- |"
     for r in rows:
         peak = "—" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
         impl = (f"auto → {r['auto_choice']} ({r['auto_vs_best_fixed']:.2f}× the fastest fixed)"
                 if "auto_choice" in r else "floor (1 pass of B + m of B/m)" if r["impl"] == "floor" else r["impl"])
-        lines.append(f"| {r['model']} | {r['B']} | {r['m']} | {impl} | {r['ms']:.0f} ({r['min_ms']:.0f}-"
-                     f"{r['max_ms']:.0f}) | {r['ratio_vs_sam']:.2f} | {r['ratio_vs_vanilla']:.2f} | {peak} |")
+        digits = 1 if r["max_ms"] < 100 else 0  # the demo's steps take a few ms
+        line = (f"| {r['model']} | {r['B']} | {r['m']} | {impl} | {r['ms']:.{digits}f} ({r['min_ms']:.{digits}f}-"
+                f"{r['max_ms']:.{digits}f}) | {r['ratio_vs_sam']:.2f} | {r['ratio_vs_vanilla']:.2f} | {peak} |")
+        if compiled and "compile_seconds" in r:
+            versus = f"{r['ratio_vs_compiled_sam']:.2f}" if "ratio_vs_compiled_sam" in r else "—"
+            line += f" {versus} | {r['compile_seconds']:.1f} | {r['graphs']}, {r['breaks']}, {r['recompiles']} |"
+        elif compiled:
+            line += " — | — | — |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

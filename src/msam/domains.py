@@ -163,6 +163,12 @@ class ListOf(Domain):
         return f"a list of {size}items, each {self.item.describe()}"
 
 
+# torch.compile's settings, as conf/train.yaml's compile.* (and msam-bench's compile.*) name them
+COMPILE_SETTINGS = {"backend": Text(), "cache_dir": Optional(Text()), "fallback_random": Bool(),
+                    "mode": Choice((None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
+                    "dynamic": Optional(Bool())}
+
+
 def _method() -> dict:
     from msam.methods import (DESCENT_LOSSES, METHOD_NAMES, NORM_SCALES, PROBE_BN_MODES, MSAM_IMPLEMENTATIONS,
                               RWSAM_IMPLEMENTATIONS)
@@ -196,10 +202,7 @@ def domains() -> dict[str, dict]:
         "fp16_scaler": {"init_scale": Number(0, open_low=True), "growth_interval": Int(1)},
         "impl_tuning": {"steps": Int(1), "max_seconds": Number(0, open_low=True), "keep_within": Number(1),
                         "compile_seconds_guess": Number(0)},
-        "compile": {"enabled": Bool(), "step": Either(Bool(), Choice(("auto",))), "backend": Text(),
-                    "cache_dir": Optional(Text()), "fallback_random": Bool(),
-                    "mode": Choice((None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
-                    "dynamic": Optional(Bool())},
+        "compile": {"enabled": Bool(), "step": Either(Bool(), Choice(("auto",))), **COMPILE_SETTINGS},
         "cpu_allocator": {"tune": Bool(), "mmap_threshold": Int(0), "trim_threshold": Int(0)},
         "paths": {"data": Text(), "runs": Text()},
         "logger": {"name": Choice(("none", "wandb")), "project": Text(), "entity": Optional(Text()),
