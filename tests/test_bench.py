@@ -18,7 +18,8 @@ def test_bench_rows_have_ratios_for_every_method(tmp_path):
     cfg = OmegaConf.create({"models": ["vit_small"], "batch_sizes": [8], "ms": [1, 2, 4],
                             "impls": ["loop", "vmap", "floor"], "repeats": 1, "warmup": 0, "rho": 0.05,
                             "num_classes": 10, "image_size": 32, "channels": 3,
-                            "device": "cpu", "seed": 0, "name": "t", "baselines": ["vanilla", "sam", "rwsam"]})
+                            "device": "cpu", "seed": 0, "name": "t", "baselines": ["vanilla", "sam", "rwsam"],
+                            "compile_step": False})
     rows = run_bench(cfg)
     assert [(r["impl"], r["m"]) for r in rows] == [("vanilla", 1), ("sam", 1), ("rwsam", 1), ("loop", 2), ("vmap", 2),
                                                    ("floor", 2), ("loop", 4), ("vmap", 4), ("floor", 4)]
