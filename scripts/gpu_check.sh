@@ -8,7 +8,9 @@
 # 2. the torch.compile (inductor) test on its own (its first compilation is slow);
 # 3. one short bf16 training per method on synthetic CIFAR-shaped data (ResNet-18, 2 epochs);
 # 4. msam-bench: ResNet-18, WRN-16-8 and the small ViT at B = 128 and 512, m in 1, 4, 16, 32,
-#    loop, vmap, vmap_ascent and the floor; 5. the loop with compile. The bench writes its rows after every (model, B, m);
+#    loop, vmap, vmap_ascent and the floor; 5. compile.step with CUDA graphs (mode=reduce-overhead):
+#    SAM, mSAM loop and vmap compiled beside eager, ResNet-18, the small ViT and WRN-16-8 at
+#    B = 128, m = 32 (compiled mSAM / compiled SAM, compile seconds). The bench writes its rows after every (model, B, m);
 # 6. the Hessian-vector product's cost against a forward+backward (scripts/bench_hvp.py), written
 #    to results/bench/hvp_<device>.json and .md.
 # Each phase stops at its own limit or when the budget runs out, whichever is first; whatever
@@ -58,10 +60,10 @@ timeout -k 10 "$(limit 150)" "$PYTHON" -m msam.bench "name=gpu_bench_eager" "out
   models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[loop,vmap,vmap_ascent,floor] repeats=5 warmup=2 \
   device=cuda 2>&1 | grep -v "^|" | tail -n 40
 
-echo "== 5/6 msam-bench, compile (limit $(limit 90)s)"
-timeout -k 10 "$(limit 90)" "$PYTHON" -m msam.bench "name=gpu_bench_compile" "out=$WORK" \
-  models=[resnet18,wrn16_8,vit_small] batch_sizes=[128,512] ms=[1,4,16,32] impls=[compile] baselines=[vanilla,sam] \
-  repeats=5 warmup=2 device=cuda 2>&1 | grep -v "^|" | tail -n 30
+echo "== 5/6 msam-bench, the compiled step with CUDA graphs (limit $(limit 120)s)"
+timeout -k 10 "$(limit 120)" "$PYTHON" -m msam.bench "name=gpu_bench_compiled_step" "out=$WORK" \
+  models=[resnet18,vit_small,wrn16_8] batch_sizes=[128] ms=[1,32] impls=[loop,vmap] baselines=[vanilla,sam] \
+  compile_step=true compile.mode=reduce-overhead repeats=5 warmup=2 device=cuda 2>&1 | grep -v "^|" | tail -n 30
 
 echo "== 6/6 Hessian-vector product cost (limit $(limit 40)s)"
 timeout -k 10 "$(limit 40)" "$PYTHON" scripts/bench_hvp.py --device cuda --name "hvp_$DEVICE" 2>&1 | tail -n 12

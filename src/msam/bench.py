@@ -212,6 +212,8 @@ def run_bench(cfg: DictConfig, on_rows=None) -> list[dict]:
                                  "ratio_vs_vanilla": t["ms"] / timed["vanilla"]["ms"],
                                  **({"ratio_vs_compiled_sam": t["ms"] / compiled_sam["ms"]}
                                     if compiled_sam is not None and impl.startswith(COMPILED_PREFIX) else {}),
+                                 **({"compile_backend": cfg.compile.backend, "compile_mode": cfg.compile.mode}
+                                    if impl.startswith(COMPILED_PREFIX) else {}),
                                  "device": device_description(device),
                                  **({"auto_choice": chosen.label, "auto_vs_best_fixed": t["ms"] / min(fixed)}
                                     if impl == "auto" else {})})
@@ -233,9 +235,10 @@ def markdown(rows: list[dict], cfg) -> str:
              "| model | B | m | impl | ms / step | × SAM | × vanilla | peak GB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     compiled = any("compile_seconds" in r for r in rows)
     if compiled:  # compile_step=true: the compiled rows' own columns
-        lines[2] += ("; compiled:<impl>: its whole step under torch.compile (compile.step, "
-                     f"backend {cfg.compile.backend}, mode {cfg.compile.mode}), its compile seconds those of its "
-                     "first (warm-up) call, kept out of its ms / step")
+        settings = sorted({f"backend {r['compile_backend']}, mode {r['compile_mode']}" for r in rows
+                           if "compile_backend" in r})
+        lines[2] += (f"; compiled:<impl>: its whole step under torch.compile (compile.step, {'; '.join(settings)}), "
+                     "its compile seconds those of its first (warm-up) call, kept out of its ms / step")
         lines[-2] += " × compiled SAM | compile (s) | graphs, breaks, recompiles |"
         lines[-1] += " --- | --- | --- |"
     for r in rows:
