@@ -9,6 +9,7 @@ so the models are small MLPs."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import time
 
 import pytest
@@ -167,6 +168,25 @@ def test_a_compiled_run_resumed_mid_epoch_ends_bit_identical(make_cfg, tmp_path,
             without_seconds(runs.read_metrics(runs.run_dir_for(stopped) / "metrics.jsonl"))]
     assert rows == [{k: v for k, v in r.items() if k not in drop} for r in
                     without_seconds(runs.read_metrics(runs.run_dir_for(whole) / "metrics.jsonl"))]
+
+
+def test_a_short_run_with_compile_step_auto_compiles_nothing_and_records_why(make_cfg, caplog):
+    """The whole path through the engine: the planned steps come from the run (2 epochs of the
+    smoke data), and their eager cost is far below compile_seconds_guess, so no candidate compiles."""
+    cfg = make_cfg("method=msam", "method.m=4", "method.impl=auto", "compile.step=auto")
+    with caplog.at_level("INFO", logger="msam"):
+        summary = engine.train(cfg)
+    tuning = summary["derived"]["method.tuning"]
+    assert not summary["derived"]["method.impl"].startswith("compiled:")
+    assert tuning and not any(label.startswith("compiled:") for label in tuning)
+    steps = 2 * engine_steps_per_epoch(summary)
+    assert all(t["estimate_seconds"] == pytest.approx(steps * t["ms"] / 1000) for t in tuning.values())
+    assert "compile_seconds" not in summary and "not compiled: at 60.0 s compiling" in caplog.text
+
+
+def engine_steps_per_epoch(summary):
+    rows = runs.read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
+    return rows[0]["step"]
 
 
 @pytest.mark.parametrize("overrides,message", [
