@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
+from msam.errors import ConfigError
 from msam.methods.batchnorm import running_stats_frozen
 from msam.methods.msam_loop import SAMLoop
 from msam.methods.msam_vmap import SAMVmap
@@ -243,3 +244,106 @@ def test_rwsam_and_asam_train_from_the_config_and_are_named_by_variant(make_cfg)
     adaptive = make_cfg("method=msam", "method.adaptive=true", "method.normalize=false")
     assert runs.run_name(adaptive).startswith("digits_small_cnn_msam-adaptive-unnormalized_m8_")
     assert engine.train(asam)["method"] == "asam"
+
+
+def autograd_loop_norms(model, data, probe_bn):
+    """||grad f_i|| one sample at a time with plain autograd: the reference for the exact estimator.
+    batch: BatchNorm with the batch's statistics (running ones frozen); running: eval mode."""
+    inputs, targets = data
+    params = [p for p in model.parameters() if p.requires_grad]
+    model = model.train() if probe_bn == "batch" else model.eval()
+    with running_stats_frozen(model):
+        losses = per_sample_ce(model(inputs), targets)
+        norms = []
+        for i in range(len(targets)):
+            grads = torch.autograd.grad(losses[i], params, retain_graph=True)
+            norms.append(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+    model.train()
+    return torch.stack(norms)
+
+
+@pytest.mark.parametrize("make_model", [tiny_mlp, tiny_bn_net])
+@pytest.mark.parametrize("probe_bn", ["batch", "running"])
+def test_exact_norms_equal_a_per_sample_autograd_loop(make_model, probe_bn):
+    """norm_estimator=exact in float64, chunked (3 rows at a time, 16 samples) and not, against the
+    loop; under probe_bn=batch BatchNorm couples the samples and the gradient goes through it."""
+    model, data = make_model().train(), batch()
+    expected = autograd_loop_norms(model, data, probe_bn)
+    for chunk in (None, 3):
+        reweighting = GibbsReweighting.defaults(lam=1.0, probe_bn=probe_bn, norm_estimator="exact", norm_chunk=chunk)
+        got = reweighting.exact_grad_norms(model, per_sample_ce, *data, rng_state(torch.device("cpu")))
+        assert torch.allclose(got, expected, rtol=1e-12, atol=0)
+    assert model.training  # the mode is restored
+    if make_model is tiny_bn_net:  # the two BatchNorm settings measure different gradients
+        assert (autograd_loop_norms(model, data, "batch") - autograd_loop_norms(model, data, "running")).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("make_model", [tiny_mlp, tiny_bn_net])
+def test_the_finite_difference_estimate_agrees_with_the_exact_norms_in_expectation(make_model):
+    model, data = make_model().train(), batch(n=8)
+    torch.manual_seed(5)
+    with torch.no_grad(), running_stats_frozen(model):
+        clean = per_sample_ce(model(data[0]), data[1])
+    many = GibbsReweighting.defaults(lam=1.0, delta=1e-7, probes=4000)
+    estimate = many.sample_grad_norms(model, per_sample_ce, *data, clean, rng_state(torch.device("cpu")))
+    exact = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact").exact_grad_norms(
+        model, per_sample_ce, *data, rng_state(torch.device("cpu")))
+    assert torch.allclose(estimate, exact, rtol=0.06, atol=0)
+
+
+def test_rwsam_with_exact_norms_is_its_formula():
+    """The RW-SAM direction with norm_estimator=exact against the formula with the loop's norms:
+    p = softmax(lambda n_i / mean n), e = rho g / ||g|| for g = sum_i p_i grad f_i, d = grad mean f(w + e)."""
+    model, data = tiny_bn_net().train(), batch()
+    lam, rho = 2.0, 0.2
+    norms = autograd_loop_norms(copy.deepcopy(model), data, "batch")
+    p = torch.softmax(lam * norms / norms.mean(), dim=0)
+    reference = copy.deepcopy(model)
+    params = list(reference.parameters())
+    with running_stats_frozen(reference):
+        g = torch.autograd.grad((p * per_sample_ce(reference(data[0]), data[1])).sum(), params)
+    norm = torch.sqrt(sum(x.pow(2).sum() for x in g))
+    with torch.no_grad():
+        for w, x in zip(params, g):
+            w += rho * x / (norm + EPS)
+    with running_stats_frozen(reference):
+        expected = torch.autograd.grad(per_sample_ce(reference(data[0]), data[1]).mean(), params)
+    method = SAMLoop(m=1, rho=rho, eps=EPS, reweighting=GibbsReweighting.defaults(lam=lam, norm_estimator="exact"))
+    got = direction(method, model, data)
+    assert max_diff(got, list(expected)) < 1e-12
+    assert max_diff(direction(rwsam(lam=lam), model, data), list(expected)) > 1e-6  # the one-probe estimate is not it
+
+
+class OldStyleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2
+
+
+def test_exact_norms_are_refused_in_one_line_where_torch_func_cannot_run():
+    class Doubling(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(5, 3).double()
+
+        def forward(self, x):
+            return OldStyleFunction.apply(self.linear(x))
+
+    reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact")
+    with pytest.raises(ConfigError, match="norm_estimator=exact: torch.func cannot differentiate"):
+        reweighting.exact_grad_norms(Doubling(), per_sample_ce, *batch(), rng_state(torch.device("cpu")))
+
+
+def test_exact_norms_under_autocast_are_the_float32_ones():
+    model, (x, y) = tiny_bn_net().float().train(), batch()
+    data = (x.float(), y)
+    reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact")
+    plain = reweighting.exact_grad_norms(model, per_sample_ce, *data, rng_state(torch.device("cpu")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = reweighting.exact_grad_norms(model, per_sample_ce, *data, rng_state(torch.device("cpu")))
+    assert mixed.dtype == torch.float32 and torch.equal(plain, mixed)

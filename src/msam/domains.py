@@ -170,7 +170,7 @@ COMPILE_SETTINGS = {"backend": Text(), "cache_dir": Optional(Text()), "fallback_
 
 
 def _method() -> dict:
-    from msam.methods import (DESCENT_LOSSES, METHOD_NAMES, NORM_SCALES, PROBE_BN_MODES, MSAM_IMPLEMENTATIONS,
+    from msam.methods import (DESCENT_LOSSES, METHOD_NAMES, NORM_ESTIMATORS, NORM_SCALES, PROBE_BN_MODES, MSAM_IMPLEMENTATIONS,
                               RWSAM_IMPLEMENTATIONS)
 
     return {"name": Choice(METHOD_NAMES), "m": Int(1), "rho": Number(0), "eps": Number(0, open_low=True),
@@ -178,6 +178,7 @@ def _method() -> dict:
             "impl": Choice(tuple(dict.fromkeys(MSAM_IMPLEMENTATIONS + RWSAM_IMPLEMENTATIONS))),
             "chunk_size": Optional(Int(1)), "lambda": Number(0), "delta": Number(0, open_low=True),
             "probes": Int(1), "norm_scale": Choice(NORM_SCALES), "probe_bn": Choice(PROBE_BN_MODES),
+            "norm_estimator": Choice(NORM_ESTIMATORS), "norm_chunk": Optional(Int(1)),
             "descent_loss": Choice(DESCENT_LOSSES)}
 
 

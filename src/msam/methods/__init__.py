@@ -11,7 +11,7 @@ from msam.methods.compiled import CompiledStep
 from msam.methods.msam_loop import DESCENT_LOSSES, SAMLoop
 from msam.methods.msam_vmap import SAMVmap
 from msam.methods.msam_vmap_ascent import SAMVmapAscent
-from msam.methods.reweight import NORM_SCALES, PROBE_BN_MODES, GibbsReweighting
+from msam.methods.reweight import NORM_ESTIMATORS, NORM_SCALES, PROBE_BN_MODES, GibbsReweighting
 from msam.methods.vanilla import Vanilla
 from msam.precision import FP32, Precision
 

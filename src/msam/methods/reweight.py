@@ -21,6 +21,13 @@ treated as constants; ascent on sum_i p_i f_i(x). What it leaves open is a confi
   batch's statistics like the clean pass whose f_i(x) it is compared to, running statistics
   frozen; dropout and other randomness replay the clean pass's draws. `running` evaluates both
   f_i(x) and f_i(x + delta z) in eval mode instead (one more forward).
+- norm_estimator (default finite_difference): `exact` computes every ||grad f_i(x)|| instead,
+  as the rows of the Jacobian of the batch's per-sample losses (torch.func: one forward, then
+  the vector-Jacobian product vmapped over the rows of the identity, `norm_chunk` rows at a
+  time, so memory is norm_chunk x the weights). Under probe_bn=batch BatchNorm couples the
+  samples: f_i depends on every sample of the batch through its statistics, and the exact
+  gradient is that of f_i through them, the quantity the probe's z . grad f_i estimates. Under
+  probe_bn=running the samples are independent and the row is the plain per-sample gradient.
 lambda = 0 gives uniform weights, i.e. SAM's ascent (the probe is then skipped).
 """
 
@@ -37,6 +44,7 @@ from msam.precision import FP32, Precision, exact_fp32
 
 NORM_SCALES = ("relative", "absolute")
 PROBE_BN_MODES = ("batch", "running")
+NORM_ESTIMATORS = ("finite_difference", "exact")
 
 
 def call(network: torch.nn.Module, params: dict, loss_fn, inputs, targets) -> torch.Tensor:
@@ -87,11 +95,14 @@ class GibbsReweighting:
     probes: int
     norm_scale: str
     probe_bn: str
+    norm_estimator: str = "finite_difference"  # conf/method/rwsam.yaml sets it; from_config reads it
+    norm_chunk: int | None = None
 
     @classmethod
     def from_config(cls, method) -> "GibbsReweighting":
         return cls(lam=method["lambda"], delta=method.delta, probes=method.probes,
-                   norm_scale=method.norm_scale, probe_bn=method.probe_bn)
+                   norm_scale=method.norm_scale, probe_bn=method.probe_bn, norm_estimator=method.norm_estimator,
+                   norm_chunk=method.norm_chunk)
 
     @classmethod
     def defaults(cls, **overrides) -> "GibbsReweighting":
@@ -124,6 +135,28 @@ class GibbsReweighting:
                 squares += ((losses - clean_losses).to(squares.dtype) / self.delta) ** 2
         return (squares / self.probes).sqrt()
 
+    def exact_grad_norms(self, network, loss_fn, inputs, targets, randomness) -> torch.Tensor:
+        """||grad f_i(x)|| of each sample, exactly: the norms of the rows of d(f_1..f_B)/dx."""
+        device = targets.device
+        names = [n for n, p in network.named_parameters() if p.requires_grad]
+        params = tuple(p.detach() for n, p in network.named_parameters() if p.requires_grad)
+
+        def losses(*weights):
+            return call(network, dict(zip(names, weights)), loss_fn, inputs, targets)
+
+        with probe_mode(network, self.probe_bn), exact_fp32(device.type), replayed_randomness(randomness, device):
+            try:
+                values, pullback = torch.func.vjp(losses, *params)
+                rows = torch.eye(values.shape[0], dtype=values.dtype, device=device)
+                grads = torch.func.vmap(pullback, chunk_size=self.norm_chunk)(rows)
+            except RuntimeError as error:  # an operation or autograd.Function torch.func cannot transform
+                from msam.errors import ConfigError
+
+                first = str(error).strip().splitlines()[0]
+                raise ConfigError(f"method.norm_estimator=exact: torch.func cannot differentiate this model per "
+                                  f"sample ({first}); use norm_estimator=finite_difference") from None
+        return torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads)).detach()
+
     def weights(self, norms: torch.Tensor) -> torch.Tensor:
         values = norms / norms.mean().clamp_min(torch.finfo(norms.dtype).tiny) if self.norm_scale == "relative" else norms
         return torch.softmax(self.lam * values, dim=0)
@@ -134,6 +167,9 @@ class GibbsReweighting:
         n = clean_losses.shape[0]
         if self.lam == 0:
             return torch.full((n,), 1.0 / n, dtype=clean_losses.dtype, device=clean_losses.device)
-        norms = self.sample_grad_norms(network, loss_fn, inputs, targets, clean_losses.detach(), randomness,
-                                       precision)
+        if self.norm_estimator == "exact":
+            norms = self.exact_grad_norms(network, loss_fn, inputs, targets, randomness)
+        else:
+            norms = self.sample_grad_norms(network, loss_fn, inputs, targets, clean_losses.detach(), randomness,
+                                           precision)
         return self.weights(norms).to(clean_losses.dtype)
