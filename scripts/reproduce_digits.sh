@@ -3,7 +3,9 @@
 # (results/digits/README.md says what each axis tests and what it showed):
 #   Figure 1's axis   m in {1, 2, 4, 8, 16, 32} and vanilla, 5 seeds            -> OUT/m_axis
 #   rho against m     rho in {0.02, 0.05, 0.2} for m in {1, 8, 32}, 3 seeds     -> OUT/m_axis
-#   RW-SAM            lambda in {0, 0.5, 1, 2, 4, 8} x both norm_scale, 3 seeds -> OUT/rwsam
+#   RW-SAM            lambda in {0, 0.5, ..., 64} x both norm_scale, 3 seeds,    -> OUT/rwsam
+#                     the finite-difference norms and (lambda 1 to 64) the exact ones; the estimate's
+#                     error and the weights' effective sample size (scripts/rwsam_norms.py)
 #   Appendix B        mSAM -> vanilla and vanilla -> mSAM at 20/50/80%, 3 seeds -> OUT/switching
 #   Beyond lambda_max the top-k, density, sharpness on batches of n and landscape of the m axis's
 #                     vanilla, SAM and mSAM runs at rho = 0.05                  -> OUT/measures
@@ -39,12 +41,14 @@ if [[ $SMOKE == 1 ]]; then
   # One seed, two epochs, one point off each axis; the references only where the reports need
   # them (every job of every table is composed and checked in tests/test_experiments.py).
   S=(epochs=2 seed=0)
+  NORM_BATCHES=1
   train m_axis digits_reference "${S[@]}"
   train m_axis digits_m "${S[@]}" method.m=32
   train m_axis digits_rho "${S[@]}" method.m=32 method.rho=0.2
   # method=rwsam on the command line too: Hydra first composes the command line alone, where the
   # default method (msam) has no lambda
   train rwsam digits_rwsam "${S[@]}" method=rwsam method.lambda=2
+  train rwsam digits_rwsam_exact "${S[@]}" method=rwsam method.lambda=4 method.norm_scale=relative
   train switching digits_switch_to_vanilla "${S[@]}" switch.fraction=0.5
   train switching digits_switch_to_msam "${S[@]}" switch.fraction=0.5
   SHARPNESS=(max_iter=4 trace_probes=2 max_samples=256 keep_unconverged=true)
@@ -52,12 +56,14 @@ if [[ $SMOKE == 1 ]]; then
             sharpness.max_batches=2 sharpness.ascent_steps=2 sharpness.average_draws=1 landscape.points=3
             landscape.points_2d=2 max_samples=256 keep_unconverged=true)
 else
+  NORM_BATCHES=4
   train m_axis digits_reference
   train m_axis digits_m
   train m_axis digits_rho_sam
   train m_axis digits_rho
   train rwsam digits_reference seed=0,1,2
   train rwsam digits_rwsam
+  train rwsam digits_rwsam_exact
   train switching digits_reference seed=0,1,2 method=vanilla,msam
   train switching digits_switch_to_vanilla
   train switching digits_switch_to_msam
@@ -83,6 +89,7 @@ echo "reproduce_digits: the other measures in $(( $(date +%s) - PHASE )) s"
 
 "$BIN/msam-report" "tables=[fig1,tab4,tab5,curves]" "runs=$RUNS/m_axis" "out=$OUT/m_axis"
 "$BIN/msam-report" "tables=[temperature,tab4,curves]" "runs=$RUNS/rwsam" "out=$OUT/rwsam"
+"$BIN/python" "$(dirname "$0")/rwsam_norms.py" "$RUNS/rwsam" --batches "$NORM_BATCHES" --out "$OUT/rwsam/norms"
 "$BIN/msam-report" "tables=[figB1,tab4,curves]" "runs=$RUNS/switching" "out=$OUT/switching"
 "$BIN/msam-report" "tables=[tab4,density,landscape]" "runs=$RUNS/m_axis" "$REFERENCE" "out=$OUT/measures"
 

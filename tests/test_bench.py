@@ -47,6 +47,12 @@ def test_compiled_rows_time_each_step_compiled_beside_the_eager_rows(tmp_path):
     assert "| small_cnn | 8 | 2 | compiled:vmap |" in table and "| small_cnn | 8 | 2 | vmap |" in table
 
 
+def test_rwsam_with_exact_norms_is_a_baseline_row_of_its_own():
+    methods = bench.methods_for(1, 0.05, [], ["vanilla", "sam", "rwsam", "rwsam_exact"])
+    assert methods["rwsam"].reweighting.norm_estimator == "finite_difference"
+    assert methods["rwsam_exact"].reweighting.norm_estimator == "exact"
+
+
 def test_compiled_rows_need_an_untimed_warm_up_call():
     cfg = OmegaConf.merge(OmegaConf.load(bench.CONF_DIR / "bench.yaml"), {"compile_step": True, "warmup": 0})
     with pytest.raises(ConfigError, match="compile_step=true needs warmup >= 1"):

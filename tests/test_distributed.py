@@ -62,6 +62,11 @@ def rwsam(m):
     return SAMLoop(m=m, rho=0.3, eps=1e-12, name="rwsam", reweighting=GibbsReweighting.defaults(lam=3.0, delta=1e-6))
 
 
+def rwsam_exact(m):
+    return SAMLoop(m=m, rho=0.3, eps=1e-12, name="rwsam",
+                   reweighting=GibbsReweighting.defaults(lam=3.0, norm_estimator="exact"))
+
+
 def build_implementation(variant, m):
     if variant == "vmap":
         return SAMVmap(m=m, rho=0.3, eps=1e-12)
@@ -69,6 +74,8 @@ def build_implementation(variant, m):
         return SAMVmapAscent(m=m, rho=0.3, eps=1e-12)
     if variant == "rwsam":
         return rwsam(m)
+    if variant == "rwsam_exact":
+        return rwsam_exact(m)
     if variant in ("compiled_loop", "compiled_vmap"):  # compile.step: the whole step under torch.compile
         from msam.methods.compiled import CompiledStep
 
@@ -177,6 +184,14 @@ def test_ddp_rwsam_reweights_each_device_s_share(tmp_path, monkeypatch):
     ddp, _ = run_ddp(tmp_path, 1, "rwsam")
     assert max_diff(ddp, train(tiny_bn_net(), rwsam(WORLD), global_batches())) < 1e-10
     assert max_diff(ddp, train(tiny_bn_net(), rwsam(1), global_batches())) > 1e-6
+
+
+def test_ddp_rwsam_with_exact_norms_weighs_each_device_s_share(tmp_path):
+    """norm_estimator=exact under DDP: each process computes its own samples' norms (no
+    communication), so 2 processes train what RW-SAM with m = 2 in one process trains."""
+    ddp, _ = run_ddp(tmp_path, 1, "rwsam_exact")
+    assert max_diff(ddp, train(tiny_bn_net(), rwsam_exact(WORLD), global_batches())) < 1e-10
+    assert max_diff(ddp, train(tiny_bn_net(), rwsam_exact(1), global_batches())) > 1e-6
 
 
 def test_only_the_final_direction_is_all_reduced(tmp_path):

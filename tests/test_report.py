@@ -254,9 +254,10 @@ def test_accuracy_vs_m_plots_sharpness_too_one_line_per_rho_with_vanilla_as_refe
     assert [line.get_ydata()[0] for line in report.figure.axes[1].get_lines() if line.get_linestyle() == "--"] == [9.0]
 
 
-def rwsam_run(root, name, *, lam, scale, seed, acc, lambda_max, seed_group=None):
+def rwsam_run(root, name, *, lam, scale, seed, acc, lambda_max, seed_group=None, estimator=None):
     run_dir = fixture_run(root, name, method="rwsam", m=1, seed=seed, acc=acc, seconds=1.0, lambda_max=lambda_max)
-    (run_dir / "config.yaml").write_text(f"method:\n  name: rwsam\n  lambda: {lam}\n  norm_scale: {scale}\n")
+    (run_dir / "config.yaml").write_text(f"method:\n  name: rwsam\n  lambda: {lam}\n  norm_scale: {scale}\n"
+                                         + (f"  norm_estimator: {estimator}\n" if estimator else ""))
     summary = json.loads((run_dir / "summary.json").read_text())
     (run_dir / "summary.json").write_text(json.dumps({**summary, "rho": 0.05, "seed_group": seed_group or f"rw{lam}{scale}"}))
     return run_dir
@@ -280,7 +281,25 @@ def test_temperature_report_keeps_each_lambda_and_norm_scale_apart(tmp_path):
     assert {line.get_label() for line in report.figure.axes[0].get_lines()} >= {"msam m=8 ρ=0.2"}
     write_curve(root / "rw2_abs", [(50.0, 1.0)])
     labels = set(learning_curves(collect_runs(root)[0]).numbers["label"])
-    assert "rwsam m=1 ρ=0.05 λ=2 (absolute)" in labels
+    assert "rwsam m=1 ρ=0.05 λ=2 (absolute, finite_difference)" in labels
+
+
+def test_temperature_report_keeps_the_exact_norms_beside_the_estimate(tmp_path):
+    from msam.report.tables import temperature
+
+    root = tmp_path / "runs"
+    # one seed_group for all three: norm_estimator alone tells them apart; a config without the
+    # key is from before it existed, when the finite-difference probe was the only estimator
+    rwsam_run(root, "old", lam=2, scale="relative", seed=0, acc=84.0, lambda_max=4.0, seed_group="g")
+    rwsam_run(root, "fd", lam=2, scale="relative", seed=1, acc=86.0, lambda_max=6.0, seed_group="g",
+              estimator="finite_difference")
+    rwsam_run(root, "exact", lam=2, scale="relative", seed=0, acc=90.0, lambda_max=1.0, seed_group="g",
+              estimator="exact")
+    report = temperature(collect_runs(root)[0])
+    assert list(zip(report.numbers["norm_estimator"], report.numbers["test_acc_mean"])) == [
+        ("exact", 90.0), ("finite_difference", 85.0)]
+    assert list(report.display["norms"]) == ["exact", "finite difference"]
+    assert list(report.numbers["test_acc_n"]) == [1, 2]
 
 
 def test_accuracy_vs_m_keeps_configurations_that_share_rho_and_m_on_separate_lines(tmp_path):

@@ -33,7 +33,8 @@ def test_the_smoke_version_runs_every_axis_and_writes_every_report(tmp_path):
         run_dirs = [p for p in (runs / axis).iterdir() if p.is_dir() and not p.name.startswith("_")]
         found = {p.name.removeprefix("digits_small_cnn_").rsplit("_", 1)[0] for p in run_dirs}
         assert found == names, axis
-        assert len(run_dirs) == len(names) + (axis == "rwsam")  # RW-SAM: lambda = 2 under both norm_scale
+        # RW-SAM: lambda = 2 under both norm_scale, and lambda = 4 with the exact norms
+        assert len(run_dirs) == len(names) + 2 * (axis == "rwsam")
         for run_dir in run_dirs:
             assert (run_dir / "sharpness.json").is_file(), run_dir
         for report in REPORTS[axis]:
@@ -53,9 +54,16 @@ def test_the_smoke_version_runs_every_axis_and_writes_every_report(tmp_path):
 
     with open(out / "rwsam" / "temperature.csv") as table:
         rows = [row for row in csv.DictReader(table) if row["method"] == "rwsam"]
-    assert sorted((row["norm_scale"], float(row["rw_lambda"])) for row in rows) == [("absolute", 2.0),
-                                                                                  ("relative", 2.0)]
+    assert sorted((row["norm_estimator"], row["norm_scale"], float(row["rw_lambda"])) for row in rows) == [
+        ("exact", "relative", 4.0), ("finite_difference", "absolute", 2.0), ("finite_difference", "relative", 2.0)]
     assert all(float(row["lambda_max_mean"]) > 0 and float(row["lambda_max_n"]) == 1 for row in rows)
     log = (out / "wall_time.md").read_text().splitlines()
-    trained = sum(len(names) for names in EXPECTED.values()) + 1  # + the second RW-SAM run
+    trained = sum(len(names) for names in EXPECTED.values()) + 2  # + the second and third RW-SAM runs
+    # the estimator's error and the weights' effective sample size, on every RW-SAM run
+    norms = list(csv.DictReader(open(out / "rwsam" / "norms.csv")))
+    assert sorted({(row["trained_with"], row["norm_scale"], float(row["lambda"])) for row in norms}) == [
+        ("exact", "relative", 4.0), ("finite_difference", "absolute", 2.0), ("finite_difference", "relative", 2.0)]
+    assert {row["point"] for row in norms} == {"init", "final"}
+    assert all(1.0 <= float(row["ess_exact"]) <= float(row["B"]) for row in norms)
+    assert (out / "rwsam" / "norms.md").read_text().startswith("# RW-SAM's per-sample gradient norms")
     assert "--smoke" in log[-1] and f"| {trained} |" in log[-1], log[-1]

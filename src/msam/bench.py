@@ -39,7 +39,7 @@ from msam.paths import CONF_DIR
 
 PROG = "msam-bench"
 IMPLS = ("loop", "vmap", "vmap_ascent", "auto", "compile", "floor")
-BASELINES = ("vanilla", "sam", "rwsam")
+BASELINES = ("vanilla", "sam", "rwsam", "rwsam_exact")  # rwsam_exact: RW-SAM with norm_estimator=exact
 
 
 def bench_model(name: str, num_classes: int, image_size: int, channels: int = 3) -> torch.nn.Module:
@@ -84,7 +84,7 @@ def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | N
     what impl=auto chose for this model and batch (auto_choice). With compile_cfg (compile.step's
     settings), each baseline but RW-SAM (which compile.step refuses) and each fixed mSAM
     implementation again as `compiled:<name>`, its whole step compiled."""
-    configs = {name: method_config(name, rho if name != "vanilla" else 0.0) for name in baselines}
+    configs = {name: baseline_config(name, rho) for name in baselines}
     methods = {name: build_method(cfg) for name, cfg in configs.items()}
     if m > 1:
         for impl in impls:
@@ -99,10 +99,18 @@ def methods_for(m: int, rho: float, impls, baselines, auto_choice: TunedImpl | N
                 configs[impl] = cfg
     if compile_cfg is not None:
         for name, cfg in configs.items():
-            if name != "rwsam":
+            if cfg.name != "rwsam":
                 choice = TunedImpl(cfg.impl if cfg.name == "msam" else STEP, compiled=True)
                 methods[COMPILED_PREFIX + name] = build_step(cfg, compile_cfg, choice=choice)
     return methods
+
+
+def baseline_config(name: str, rho: float) -> DictConfig:
+    """A baseline row's method config: vanilla (rho 0), SAM, RW-SAM with its configured norm
+    estimator (the finite-difference probe) or with the exact per-sample norms."""
+    if name == "rwsam_exact":
+        return method_config("rwsam", rho, norm_estimator="exact")
+    return method_config(name, rho if name != "vanilla" else 0.0)
 
 
 def auto_choice(model, m: int, rho: float, batch, device, cfg: DictConfig) -> TunedImpl:

@@ -17,7 +17,7 @@ from msam.report.measures import run_measures
 
 COLUMNS = ["dataset", "model", "method", "m", "rho", "seed", "epochs", "epochs_completed", "test_acc", "test_mcc", "test_f1",
            "best_test_acc", "seconds_per_epoch", "train_seconds", "seed_group", "lambda_max", "trace",
-           "switch_to", "switch_fraction", "impl", "rw_lambda", "norm_scale", "run_dir",
+           "switch_to", "switch_fraction", "impl", "rw_lambda", "norm_scale", "norm_estimator", "run_dir",
            "negative_mass", "rise_1d", "sharpness_rho", "compile_seconds"]
 # and, where some run measured them, one column per k-th eigenvalue (lambda_k=5) and per m-sharpness
 # row (sharpness:worst@micro): their names depend on what was measured (msam.report.measures)
@@ -31,15 +31,17 @@ def read_json(path: Path) -> dict:
 
 
 def rwsam_settings(config_path: Path) -> dict:
-    """RW-SAM's temperature and its scaling (None for other methods): what tells RW-SAM runs of
-    one rho apart in a report."""
+    """RW-SAM's temperature, its scaling and its norm estimator (None for other methods): what
+    tells RW-SAM runs of one rho apart in a report. A config from before norm_estimator existed
+    ran the finite-difference probe, the only estimator then."""
     try:
         method = (yaml.safe_load(config_path.read_text()) or {}).get("method") or {}
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"unreadable config.yaml ({error.__class__.__name__})") from None
     if method.get("name") != "rwsam":
-        return {"rw_lambda": None, "norm_scale": None}
-    return {"rw_lambda": float(method["lambda"]), "norm_scale": method["norm_scale"]}
+        return {"rw_lambda": None, "norm_scale": None, "norm_estimator": None}
+    return {"rw_lambda": float(method["lambda"]), "norm_scale": method["norm_scale"],
+            "norm_estimator": method.get("norm_estimator", "finite_difference")}
 
 
 def read_run(run_dir: Path) -> dict:
@@ -84,7 +86,7 @@ def single_method(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 GROUP_KEYS = ["dataset", "model", "method", "m", "rho", "epochs", "switch_to", "switch_fraction", "rw_lambda",
-              "norm_scale", "seed_group"]
+              "norm_scale", "norm_estimator", "seed_group"]
 
 
 def implementations(runs: pd.DataFrame) -> pd.DataFrame:

@@ -39,7 +39,7 @@ def epoch_rows(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def label_of(row) -> str:
     label = f"{row.method} m={int(row.m)} ρ={row.rho:g}"
     if isinstance(row.norm_scale, str):
-        label += f" λ={row.rw_lambda:g} ({row.norm_scale})"
+        label += f" λ={row.rw_lambda:g} ({row.norm_scale}, {row.norm_estimator})"
     if isinstance(row.switch_to, str):
         label += f" → {row.switch_to} at {100 * row.switch_fraction:g}%"
     return label

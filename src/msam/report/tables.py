@@ -321,14 +321,19 @@ def switching(runs: pd.DataFrame) -> Report:
     return Report("figB1", "Figure B.1: switching between mSAM and vanilla", hybrid, display, notes, figure)
 
 
+ESTIMATOR_LABELS = {"finite_difference": "finite difference", "exact": "exact"}  # RW-SAM's norm_estimator
+
+
 def temperature(runs: pd.DataFrame) -> Report:
     """RW-SAM against its inverse temperature lambda: test accuracy, lambda_max and the trace, one
-    line per norm_scale (and rho, m, variant); the other single-method runs of the same data set,
+    line per norm_scale and norm estimator (and rho, m, variant); the other single-method runs of the same data set,
     model and epochs (vanilla, SAM, mSAM, ...) as dashed reference lines."""
     single = single_method(runs)
     is_rw = single["method"].map(base_method) == "rwsam"
-    rw = measures(single[is_rw]).sort_values(["dataset", "model", "method", "norm_scale", "rho", "m", "rw_lambda"])
-    rw = distinguished(rw.assign(label=[f"{variant(r.method)}RW-SAM {r.norm_scale}, ρ={r.rho:g}"
+    rw = measures(single[is_rw]).sort_values(["dataset", "model", "method", "norm_estimator", "norm_scale", "rho", "m",
+                                              "rw_lambda"])
+    rw = distinguished(rw.assign(label=[f"{variant(r.method)}RW-SAM {r.norm_scale}, {ESTIMATOR_LABELS[r.norm_estimator]}, "
+                                        f"ρ={r.rho:g}"
                                         + (f", m={r.m}" if r.m > 1 else "") for r in rw.itertuples()]), "rw_lambda")
     reference = same_setting(ordered(measures(single[~is_rw])), rw)
     reference = distinguished(reference.assign(label=[f"{r.method} m={r.m} ρ={r.rho:g}" for r in
@@ -336,7 +341,8 @@ def temperature(runs: pd.DataFrame) -> Report:
     numbers = pd.concat([reference, rw], ignore_index=True)
     display = setting_columns(numbers).assign(**{
         "λ": [f"{x:g}" if x == x else "—" for x in numbers["rw_lambda"]],
-        "norm_scale": numbers["norm_scale"].fillna("—"), **measure_columns(numbers)})
+        "norm_scale": numbers["norm_scale"].fillna("—"),
+        "norms": numbers["norm_estimator"].map(ESTIMATOR_LABELS).fillna("—"), **measure_columns(numbers)})
     notes = ["lambda = 0 gives every sample the same weight: SAM, under either norm_scale",
              "the RW-SAM poster gives no sharpness numbers; its claim is that reweighting moves SAM toward mSAM"]
     figure = (against_figure(rw, x="rw_lambda", xlabel="λ (inverse temperature of the sample weights)",
