@@ -42,6 +42,15 @@ METHODS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles as a new process would: dynamo keeps what it compiled for a code object
+    for the whole process, so a step compiled by an earlier test would compile nothing here (and
+    its graph counts would read 0)."""
+    torch._dynamo.reset()
+    yield
+
+
 def bn_dropout_net():
     """BatchNorm (buffers, per-micro-batch statistics) and dropout (random draws) in one model."""
     torch.manual_seed(0)

@@ -291,6 +291,21 @@ def test_the_finite_difference_estimate_agrees_with_the_exact_norms_in_expectati
     assert torch.allclose(estimate, exact, rtol=0.06, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_exact_norms_inside_an_autocast_region_are_true_float32(dtype):
+    """RW-SAM's weights are computed inside the step's autocast region (bf16/fp16 training); the
+    exact norms, like the finite-difference probe, leave it: they equal the float32 norms bit for
+    bit (without exact_fp32 the vmapped Jacobian under autocast does not even run)."""
+    model, data = tiny_bn_net().float().train(), batch()
+    data = (data[0].float(), data[1])
+    reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact")
+    state = rng_state(torch.device("cpu"))
+    fp32 = reweighting.exact_grad_norms(model, per_sample_ce, *data, state)
+    with torch.autocast("cpu", dtype=dtype):
+        mixed = reweighting.exact_grad_norms(model, per_sample_ce, *data, state)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, fp32)
+
+
 def test_rwsam_with_exact_norms_is_its_formula():
     """The RW-SAM direction with norm_estimator=exact against the formula with the loop's norms:
     p = softmax(lambda n_i / mean n), e = rho g / ||g|| for g = sum_i p_i grad f_i, d = grad mean f(w + e)."""

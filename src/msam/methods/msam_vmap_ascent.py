@@ -38,12 +38,18 @@ class SAMVmapAscent(SAMVmap):
         super().__init__(*args, **kwargs)
         self.snapshot = WeightSnapshot()
 
+    def prepare(self, model: torch.nn.Module) -> None:
+        """The weight copy's buffers, kept between steps. Built on the first call, or before it by
+        compile.step (methods/compiled.py), where a guard on them would recompile the second call."""
+        self.snapshot.allocate(trainable_parameters(dist.unwrap(model)))
+
     def __call__(self, model: torch.nn.Module, loss_fn: LossFn, batch):
         inputs, targets = batch
         if isinstance(inputs, dict):
             raise NotImplementedError("method.impl=vmap_ascent takes tensor inputs; use impl=loop for dict batches")
         network = dist.unwrap(model)
         params = trainable_parameters(network)
+        self.prepare(network)
         self.snapshot.save(params)
         zero_grads(params)
         with fused_attention_off(network):  # for vmap only: the descent passes keep fused attention
