@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -85,9 +86,13 @@ def measure_run(run_dir: Path, batches: int) -> list[dict]:
     return rows
 
 
-def is_rwsam(run_dir: Path) -> bool:
+def is_finished_rwsam(run_dir: Path) -> bool:
+    """A finished RW-SAM run (one still training, or stopped, has no final weights to measure)."""
+    if not (run_dir / "config.yaml").is_file():
+        return False
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    return (config.get("method") or {}).get("name") == "rwsam"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return (config.get("method") or {}).get("name") == "rwsam" and summary.get("status") == "finished"
 
 
 def fmt(values: pd.Series, digits: int) -> str:
@@ -119,9 +124,9 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--batches", type=int, default=4, help="training batches per run and point")
     parser.add_argument("--out", type=Path, default=None, help="OUT.csv and OUT.md (default: print only)")
     args = parser.parse_args(argv)
-    run_dirs = sorted(p.parent for p in args.runs.rglob("summary.json") if is_rwsam(p.parent))
+    run_dirs = sorted(p.parent for p in args.runs.rglob("summary.json") if is_finished_rwsam(p.parent))
     if not run_dirs:
-        parser.error(f"no RW-SAM run directory under {args.runs}")
+        parser.error(f"no finished RW-SAM run directory under {args.runs}")
     rows = pd.DataFrame([row for run_dir in run_dirs for row in measure_run(run_dir, args.batches)])
     command = f"scripts/rwsam_norms.py {args.runs} --batches {args.batches}"
     table = markdown(rows, command)
