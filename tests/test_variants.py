@@ -282,6 +282,26 @@ def test_exact_norms_equal_a_per_sample_autograd_loop(make_model, probe_bn):
         assert (autograd_loop_norms(model, data, "batch") - autograd_loop_norms(model, data, "running")).abs().max() > 1e-3
 
 
+def test_exact_norms_hold_one_chunk_of_the_jacobian_at_a_time(monkeypatch):
+    """Memory stays at norm_chunk x the weights: every vmapped pullback sees and returns at most
+    norm_chunk rows (a single vmap with chunk_size would still return the whole B x weights
+    Jacobian), and the chunks cover the batch once."""
+    vmap, rows_seen = torch.func.vmap, []
+
+    def recording_vmap(function, *args, **kwargs):
+        def run(rows):
+            grads = vmap(function, *args, **kwargs)(rows)
+            rows_seen.append((rows.shape[0], {g.shape[0] for g in grads}))
+            return grads
+        return run
+
+    monkeypatch.setattr(torch.func, "vmap", recording_vmap)
+    model, data = tiny_bn_net().train(), batch()
+    reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact", norm_chunk=3)
+    reweighting.exact_grad_norms(model, per_sample_ce, *data, rng_state(torch.device("cpu")))
+    assert [n for n, _ in rows_seen] == [3, 3, 3, 3, 3, 1] and all(out == {n} for n, out in rows_seen)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_exact_norms_inside_an_autocast_region_are_true_float32(dtype):
     """RW-SAM's weights are computed inside the step's autocast region (bf16/fp16 training); the

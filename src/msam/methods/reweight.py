@@ -85,6 +85,11 @@ def rademacher_like(tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(tensor).bernoulli_(0.5).mul_(2).sub_(1)
 
 
+def jacobian_row_norms_squared(grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """sum over the weights of each row's squared entries (rows: the first dimension of each)."""
+    return sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads)
+
+
 @dataclass(frozen=True)
 class GibbsReweighting:
     """RW-SAM's weights. Its settings have no defaults here: they live in conf/method/rwsam.yaml
@@ -148,14 +153,17 @@ class GibbsReweighting:
             try:
                 values, pullback = torch.func.vjp(losses, *params)
                 rows = torch.eye(values.shape[0], dtype=values.dtype, device=device)
-                grads = torch.func.vmap(pullback, chunk_size=self.norm_chunk)(rows)
+                # one chunk of Jacobian rows at a time, reduced to its norms before the next: the whole
+                # Jacobian (B x the weights: 5.7 GB for ResNet-18 at B = 128) is never held
+                squared = [jacobian_row_norms_squared(torch.func.vmap(pullback)(chunk))
+                           for chunk in rows.split(self.norm_chunk or len(rows))]
             except RuntimeError as error:  # an operation or autograd.Function torch.func cannot transform
                 from msam.errors import ConfigError
 
                 first = str(error).strip().splitlines()[0]
                 raise ConfigError(f"method.norm_estimator=exact: torch.func cannot differentiate this model per "
                                   f"sample ({first}); use norm_estimator=finite_difference") from None
-        return torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads)).detach()
+        return torch.cat(squared).sqrt().detach()
 
     def weights(self, norms: torch.Tensor) -> torch.Tensor:
         values = norms / norms.mean().clamp_min(torch.finfo(norms.dtype).tiny) if self.norm_scale == "relative" else norms
