@@ -48,9 +48,11 @@ def test_compiled_rows_time_each_step_compiled_beside_the_eager_rows(tmp_path):
 
 
 def test_rwsam_with_exact_norms_is_a_baseline_row_of_its_own():
-    methods = bench.methods_for(1, 0.05, [], ["vanilla", "sam", "rwsam", "rwsam_exact"])
+    methods = bench.methods_for(1, 0.05, [], ["vanilla", "sam", "rwsam", "rwsam_exact", "rwsam_exact_running"])
     assert methods["rwsam"].reweighting.norm_estimator == "finite_difference"
     assert methods["rwsam_exact"].reweighting.norm_estimator == "exact"
+    assert methods["rwsam_exact"].reweighting.probe_bn == "batch"
+    assert methods["rwsam_exact_running"].reweighting.probe_bn == "running"
 
 
 def test_compiled_rows_need_an_untimed_warm_up_call():

@@ -282,6 +282,64 @@ def test_exact_norms_equal_a_per_sample_autograd_loop(make_model, probe_bn):
         assert (autograd_loop_norms(model, data, "batch") - autograd_loop_norms(model, data, "running")).abs().max() > 1e-3
 
 
+def test_exact_norms_replay_the_clean_pass_dropout_masks_and_leave_the_running_statistics():
+    """probe_bn=batch on a model with dropout and BatchNorm: each row is the gradient of f_i under
+    the masks the step's clean pass drew (its random state replayed), and BatchNorm's running
+    statistics are as they were (for both settings)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(32, 5)).double().train()
+    inputs, targets = batch()
+    state = rng_state(torch.device("cpu"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    with running_stats_frozen(model):
+        losses = per_sample_ce(model(inputs), targets)  # the clean pass's masks
+    expected = torch.stack([torch.sqrt(sum(g.pow(2).sum() for g in torch.autograd.grad(
+        losses[i], params, retain_graph=True))) for i in range(len(targets))])
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    for probe_bn in ("batch", "running"):
+        reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact", norm_chunk=5, probe_bn=probe_bn)
+        got = reweighting.exact_grad_norms(model, per_sample_ce, inputs, targets, state)
+        if probe_bn == "batch":
+            assert torch.allclose(got, expected, rtol=1e-12, atol=0)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in buffers.items()), probe_bn
+        assert model.training
+    # other masks would give other norms: the replay is what the first check rests on
+    with running_stats_frozen(model):
+        redrawn = per_sample_ce(model(inputs), targets)
+    assert (redrawn - losses).abs().max() > 1e-2
+
+
+def test_exact_norms_under_probe_bn_running_see_one_sample_at_a_time():
+    """Eval mode makes the samples independent, so each norm is one per-sample backward (O(B) in
+    all), not a Jacobian row over the whole batch (O(B^2)): the model only ever sees one sample."""
+    model, data = tiny_bn_net().train(), batch()
+    seen = []
+    model[0].register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact", probe_bn="running")
+    reweighting.exact_grad_norms(model, per_sample_ce, *data, rng_state(torch.device("cpu")))
+    assert seen and set(seen) == {1}
+    seen.clear()
+    GibbsReweighting.defaults(lam=1.0, norm_estimator="exact", probe_bn="batch").exact_grad_norms(
+        model, per_sample_ce, *data, rng_state(torch.device("cpu")))
+    assert seen == [len(data[1])]  # batch: one forward of the whole batch, then its Jacobian rows
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 5.7 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                                                "can't allocate memory: you tried to allocate 6106906624 bytes")])
+def test_exact_norms_out_of_memory_says_to_lower_norm_chunk(monkeypatch, error):
+    """Running out of memory is not a model torch.func cannot run: it names norm_chunk."""
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.func, "vjp", failing)
+    reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact")
+    with pytest.raises(RuntimeError, match="ran out of memory at norm_chunk=32: lower method.norm_chunk") as raised:
+        reweighting.exact_grad_norms(tiny_bn_net(), per_sample_ce, *batch(), rng_state(torch.device("cpu")))
+    assert not isinstance(raised.value, ConfigError) and type(raised.value) is type(error)
+
+
 def test_exact_norms_hold_one_chunk_of_the_jacobian_at_a_time(monkeypatch):
     """Memory stays at norm_chunk x the weights: every vmapped pullback sees and returns at most
     norm_chunk rows (a single vmap with chunk_size would still return the whole B x weights
@@ -363,13 +421,3 @@ def test_exact_norms_are_refused_in_one_line_where_torch_func_cannot_run():
     reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact")
     with pytest.raises(ConfigError, match="norm_estimator=exact: torch.func cannot differentiate"):
         reweighting.exact_grad_norms(Doubling(), per_sample_ce, *batch(), rng_state(torch.device("cpu")))
-
-
-def test_exact_norms_under_autocast_are_the_float32_ones():
-    model, (x, y) = tiny_bn_net().float().train(), batch()
-    data = (x.float(), y)
-    reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact")
-    plain = reweighting.exact_grad_norms(model, per_sample_ce, *data, rng_state(torch.device("cpu")))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = reweighting.exact_grad_norms(model, per_sample_ce, *data, rng_state(torch.device("cpu")))
-    assert mixed.dtype == torch.float32 and torch.equal(plain, mixed)

@@ -39,7 +39,9 @@ from msam.paths import CONF_DIR
 
 PROG = "msam-bench"
 IMPLS = ("loop", "vmap", "vmap_ascent", "auto", "compile", "floor")
-BASELINES = ("vanilla", "sam", "rwsam", "rwsam_exact")  # rwsam_exact: RW-SAM with norm_estimator=exact
+# rwsam_exact: RW-SAM with norm_estimator=exact (probe_bn=batch, its default); rwsam_exact_running: the same
+# with probe_bn=running (per-sample gradients in eval mode)
+BASELINES = ("vanilla", "sam", "rwsam", "rwsam_exact", "rwsam_exact_running")
 
 
 def bench_model(name: str, num_classes: int, image_size: int, channels: int = 3) -> torch.nn.Module:
@@ -110,6 +112,8 @@ def baseline_config(name: str, rho: float) -> DictConfig:
     estimator (the finite-difference probe) or with the exact per-sample norms."""
     if name == "rwsam_exact":
         return method_config("rwsam", rho, norm_estimator="exact")
+    if name == "rwsam_exact_running":
+        return method_config("rwsam", rho, norm_estimator="exact", probe_bn="running")
     return method_config(name, rho if name != "vanilla" else 0.0)
 
 

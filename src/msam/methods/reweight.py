@@ -21,13 +21,15 @@ treated as constants; ascent on sum_i p_i f_i(x). What it leaves open is a confi
   batch's statistics like the clean pass whose f_i(x) it is compared to, running statistics
   frozen; dropout and other randomness replay the clean pass's draws. `running` evaluates both
   f_i(x) and f_i(x + delta z) in eval mode instead (one more forward).
-- norm_estimator (default finite_difference): `exact` computes every ||grad f_i(x)|| instead,
-  as the rows of the Jacobian of the batch's per-sample losses (torch.func: one forward, then
-  the vector-Jacobian product vmapped over the rows of the identity, `norm_chunk` rows at a
-  time, so memory is norm_chunk x the weights). Under probe_bn=batch BatchNorm couples the
-  samples: f_i depends on every sample of the batch through its statistics, and the exact
-  gradient is that of f_i through them, the quantity the probe's z . grad f_i estimates. Under
-  probe_bn=running the samples are independent and the row is the plain per-sample gradient.
+- norm_estimator (default finite_difference): `exact` computes every ||grad f_i(x)|| instead
+  (torch.func, `norm_chunk` rows or samples per vmapped pass, each reduced to its norms before
+  the next). Under probe_bn=batch BatchNorm couples the samples: f_i depends on every sample of
+  the batch through its statistics, and the exact gradient is that of f_i through them, the
+  quantity the probe's z . grad f_i estimates: the rows of the Jacobian of the batch's
+  per-sample losses (one forward, then B backward passes over the batch, dropout replaying the
+  clean pass's masks). Under probe_bn=running eval mode makes the samples independent and
+  draws nothing: each norm is the sample's own gradient (the model vmapped over the samples,
+  about one batch's backward in all).
 lambda = 0 gives uniform weights, i.e. SAM's ascent (the probe is then skipped).
 """
 
@@ -37,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch.utils._pytree import tree_map
 
 from msam.methods.base import functional_output
 from msam.methods.batchnorm import running_stats_frozen
@@ -90,6 +93,31 @@ def jacobian_row_norms_squared(grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads)
 
 
+def jacobian_norms_squared(network, names, params, loss_fn, inputs, targets, chunk: int) -> list[torch.Tensor]:
+    """Squared norms of the rows of d(f_1..f_B)/dw: one forward of the batch, then its pullback
+    vmapped over `chunk` rows of the identity at a time, each chunk reduced to its norms before the
+    next (the whole B x weights Jacobian, 5.7 GB for ResNet-18 at B = 128, is never held)."""
+    def losses(*weights):
+        return call(network, dict(zip(names, weights)), loss_fn, inputs, targets)
+
+    values, pullback = torch.func.vjp(losses, *params)
+    rows = torch.eye(values.shape[0], dtype=values.dtype, device=values.device)
+    return [jacobian_row_norms_squared(torch.func.vmap(pullback)(part)) for part in rows.split(chunk)]
+
+
+def per_sample_norms_squared(network, names, params, loss_fn, inputs, targets, chunk: int) -> list[torch.Tensor]:
+    """Squared norms of each sample's own gradient (samples independent: eval mode), the model run
+    on one sample under vmap, `chunk` samples at a time."""
+    def sample_loss(weights, sample, target):
+        one = tree_map(lambda t: t.unsqueeze(0), sample)
+        return call(network, dict(zip(names, weights)), loss_fn, one, target.unsqueeze(0)).squeeze(0)
+
+    grads = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))
+    return [jacobian_row_norms_squared(grads(params, tree_map(lambda t: t[start:start + chunk], inputs),
+                                             targets[start:start + chunk]))
+            for start in range(0, len(targets), chunk)]
+
+
 @dataclass(frozen=True)
 class GibbsReweighting:
     """RW-SAM's weights. Its settings have no defaults here: they live in conf/method/rwsam.yaml
@@ -141,26 +169,30 @@ class GibbsReweighting:
         return (squares / self.probes).sqrt()
 
     def exact_grad_norms(self, network, loss_fn, inputs, targets, randomness) -> torch.Tensor:
-        """||grad f_i(x)|| of each sample, exactly: the norms of the rows of d(f_1..f_B)/dx."""
+        """||grad f_i(x)|| of each sample, exactly, norm_chunk samples at a time. probe_bn=batch: the
+        rows of d(f_1..f_B)/dw (BatchNorm's batch statistics couple the samples: B backward passes
+        over the batch); running: each sample's own gradient in eval mode (independent samples, no
+        random draws: one vmapped per-sample backward)."""
         device = targets.device
         names = [n for n, p in network.named_parameters() if p.requires_grad]
         params = tuple(p.detach() for n, p in network.named_parameters() if p.requires_grad)
-
-        def losses(*weights):
-            return call(network, dict(zip(names, weights)), loss_fn, inputs, targets)
-
+        chunk = self.norm_chunk or len(targets)
         with probe_mode(network, self.probe_bn), exact_fp32(device.type), replayed_randomness(randomness, device):
             try:
-                values, pullback = torch.func.vjp(losses, *params)
-                rows = torch.eye(values.shape[0], dtype=values.dtype, device=device)
-                # one chunk of Jacobian rows at a time, reduced to its norms before the next: the whole
-                # Jacobian (B x the weights: 5.7 GB for ResNet-18 at B = 128) is never held
-                squared = [jacobian_row_norms_squared(torch.func.vmap(pullback)(chunk))
-                           for chunk in rows.split(self.norm_chunk or len(rows))]
+                if self.probe_bn == "running":
+                    squared = per_sample_norms_squared(network, names, params, loss_fn, inputs, targets, chunk)
+                else:
+                    squared = jacobian_norms_squared(network, names, params, loss_fn, inputs, targets, chunk)
+            except torch.OutOfMemoryError as error:
+                raise torch.OutOfMemoryError(f"method.norm_estimator=exact ran out of memory at norm_chunk={chunk}: "
+                                             f"lower method.norm_chunk ({str(error).splitlines()[0]})") from None
             except RuntimeError as error:  # an operation or autograd.Function torch.func cannot transform
                 from msam.errors import ConfigError
 
                 first = str(error).strip().splitlines()[0]
+                if "allocate" in first:  # a CPU allocation that failed: memory, not the model
+                    raise RuntimeError(f"method.norm_estimator=exact ran out of memory at norm_chunk={chunk}: "
+                                       f"lower method.norm_chunk ({first})") from None
                 raise ConfigError(f"method.norm_estimator=exact: torch.func cannot differentiate this model per "
                                   f"sample ({first}); use norm_estimator=finite_difference") from None
         return torch.cat(squared).sqrt().detach()
