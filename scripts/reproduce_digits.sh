@@ -4,7 +4,7 @@
 #   Figure 1's axis   m in {1, 2, 4, 8, 16, 32} and vanilla, 5 seeds            -> OUT/m_axis
 #   rho against m     rho in {0.02, 0.05, 0.2} for m in {1, 8, 32}, 3 seeds     -> OUT/m_axis
 #   RW-SAM            lambda in {0, 0.5, ..., 64} x both norm_scale, 3 seeds,    -> OUT/rwsam
-#                     the finite-difference norms and (lambda 1 to 64) the exact ones; the estimate's
+#                     the finite-difference norms and (lambda 1 to 16) the exact ones; the estimate's
 #                     error and the weights' effective sample size (scripts/rwsam_norms.py)
 #   Appendix B        mSAM -> vanilla and vanilla -> mSAM at 20/50/80%, 3 seeds -> OUT/switching
 #   Beyond lambda_max the top-k, density, sharpness on batches of n and landscape of the m axis's

@@ -184,7 +184,7 @@ EXPECTED_JOBS = {"tab2_c10": 45, "tab2_c100": 45, "tab2_in1k": 45, "tab4": 30, "
                  "figB1_vanilla_first": 24, "tabB1_c100": 27, "tab5_in1k": 27, "rwsam_c10": 27, "rwsam_c100": 27, "tab3": 60,
                  # scripts/reproduce_digits.sh's sweeps (its smoke version runs them: tests/test_reproduce_digits.py)
                  "digits_reference": 15, "digits_m": 25, "digits_rho_sam": 6, "digits_rho": 12, "digits_rwsam": 48,
-                 "digits_switch_to_vanilla": 9, "digits_switch_to_msam": 9, "digits_rwsam_exact": 24}
+                 "digits_switch_to_vanilla": 9, "digits_switch_to_msam": 9, "digits_rwsam_exact": 18}
 
 
 @pytest.mark.parametrize("table", TABLES)
