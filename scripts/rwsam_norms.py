@@ -5,8 +5,10 @@ against the exact norms, and the effective sample size of the Gibbs weights.
 
 For every finished RW-SAM run under RUNS, at two points: its final weights (last.pt) and a
 fresh initialisation of its model (torch.manual_seed(seed), as msam-train seeds before building
-it). On the first --batches training batches of the run's batch size (fixed order, no
-augmentation), in training mode with the run's probe_bn (as the step sees them), per batch:
+it). On --batches batches of the run's micro-batch size B / m (what one reweighting sees) drawn
+from the training set as msam-sharpness draws its subset (a random subset fixed by the run's
+seed, in index order, no augmentation), in training mode with the run's probe_bn (as the step
+sees them), BatchNorm's running statistics frozen, per batch:
 
 - the exact norms ||grad f_i|| (norm_estimator=exact) and the finite-difference estimate with the
   run's delta and probes (norm_estimator=finite_difference, what the poster proposes);
@@ -17,7 +19,8 @@ augmentation), in training mode with the run's probe_bn (as the step sees them),
   exact norms and from the estimate.
 
 Written: OUT.csv (one row per run, point and batch) and OUT.md (mean ± std over the runs' seeds
-and batches, per norm_estimator the run trained with, norm_scale, lambda and point).
+and batches, per norm_estimator the run trained with, norm_scale, lambda and point). A run whose
+config predates a key of conf/method/rwsam.yaml reads that file's value for it.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from msam.data.analysis import analysis_data
 from msam.engine import per_sample_cross_entropy
+from msam.methods.batchnorm import running_stats_frozen
 from msam.methods.reweight import GibbsReweighting, rng_state
 from msam.models import build_model
+from msam.paths import CONF_DIR
 from msam.sharpness.run import load_finished_run, rebuilt_model
 
 
@@ -51,8 +57,8 @@ def compare(reweighting: GibbsReweighting, model, loss_fn, inputs, targets) -> d
     """Exact norms against the estimate on one batch, and both ESS (the model left as it was)."""
     model.train()
     randomness = rng_state(targets.device)
-    with torch.no_grad():
-        clean = loss_fn(model(inputs), targets)  # running statistics: this copy's, never saved
+    with torch.no_grad(), running_stats_frozen(model):  # probe_bn=running reads them: the trained ones
+        clean = loss_fn(model(inputs), targets)
     exact = reweighting.exact_grad_norms(model, loss_fn, inputs, targets, randomness).double()
     estimate = reweighting.sample_grad_norms(model, loss_fn, inputs, targets, clean, randomness).double()
     relative = (estimate - exact).abs() / exact.clamp_min(1e-30)
@@ -64,10 +70,10 @@ def compare(reweighting: GibbsReweighting, model, loss_fn, inputs, targets) -> d
 
 def measure_run(run_dir: Path, batches: int) -> list[dict]:
     cfg, state = load_finished_run(run_dir)
-    method = cfg.method
+    method = OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / "rwsam.yaml"), cfg.method)
     reweighting = GibbsReweighting.from_config(method)
-    data = analysis_data(cfg, cfg.batch_size, batches * cfg.batch_size, cfg.seed, torch.device("cpu"),
-                         torch.float32)
+    size = cfg.batch_size // method.m  # each micro-batch (under K processes: each process's share) is reweighed
+    data = analysis_data(cfg, size, batches * size, cfg.seed, torch.device("cpu"), torch.float32)
     trained = rebuilt_model(cfg, state, data.input_shape, torch.device("cpu"), torch.float32, run_dir)
     torch.manual_seed(cfg.seed)
     fresh = build_model(cfg.model, cfg.dataset.num_classes, data.input_shape, cfg.get("smoke"))
@@ -102,12 +108,14 @@ def fmt(values: pd.Series, digits: int) -> str:
 
 def markdown(rows: pd.DataFrame, command: str) -> str:
     lines = ["# RW-SAM's per-sample gradient norms: the finite-difference estimate against the exact norms", "",
-             f"`{command}`. Per run (its final weights, and a fresh initialisation), the first training "
-             "batches of its B in training mode with its probe_bn: the correlation of the one-probe estimate with "
+             f"`{command}`. Per run (its final weights, and a fresh initialisation), training batches of its "
+             "micro-batch size B in training mode with its probe_bn: the correlation of the one-probe estimate with "
              "the exact norms over a batch, the median of |estimate - exact| / exact, and the effective sample "
              "size 1/Σp² of the Gibbs weights under the run's λ and norm_scale, from the exact norms and from the "
              "estimate (B: uniform weights; 1: one sample). Mean ± std over seeds and batches. max/mean: the "
-             "largest exact norm over the batch mean.", "",
+             "largest exact norm over the batch mean. At init every λ and norm_scale of a seed sees the same "
+             "weights and batches: its correlation, error and max/mean repeat from group to group; only the ESS "
+             "depends on λ.", "",
              "| trained with | norm_scale | λ | point | n | correlation | median rel. error | ESS (exact) | "
              "ESS (estimate) | max/mean |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     keys = ["trained_with", "norm_scale", "lambda", "point"]
