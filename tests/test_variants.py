@@ -316,9 +316,11 @@ def test_exact_norms_under_probe_bn_running_see_one_sample_at_a_time():
     model, data = tiny_bn_net().train(), batch()
     seen = []
     model[0].register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    model[0].eval()  # a part the user froze stays in eval mode afterwards, the rest in training mode
     reweighting = GibbsReweighting.defaults(lam=1.0, norm_estimator="exact", probe_bn="running")
     reweighting.exact_grad_norms(model, per_sample_ce, *data, rng_state(torch.device("cpu")))
     assert seen and set(seen) == {1}
+    assert model.training and not model[0].training and all(m.training for m in list(model)[1:])
     seen.clear()
     GibbsReweighting.defaults(lam=1.0, norm_estimator="exact", probe_bn="batch").exact_grad_norms(
         model, per_sample_ce, *data, rng_state(torch.device("cpu")))

@@ -77,11 +77,13 @@ def probe_mode(network: torch.nn.Module, probe_bn: str):
         with running_stats_frozen(network):
             yield
         return
+    modes = [(module, module.training) for module in network.modules()]  # a user's frozen parts stay frozen
     network.eval()
     try:
         yield
     finally:
-        network.train()
+        for module, training in modes:
+            module.train(training)
 
 
 def rademacher_like(tensor: torch.Tensor) -> torch.Tensor:
