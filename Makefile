@@ -21,8 +21,8 @@ demo: install
 	$(BIN)/msam-report tables=[tab2,tab4,tab5,curves] runs=$(DEMO_RUNS) out=$(DEMO_RUNS)/report
 
 # The papers' claims along whole axes on digits (m, rho x m, RW-SAM's lambda, switching), 5 or 3 seeds:
-# about 50 minutes on 2 CPU cores the first time (plus about 100 for RW-SAM with exact per-sample
-# norms, 24 runs of 4 minutes), seconds when rerun; what they showed is in
+# about 50 minutes on 2 CPU cores the first time (plus about 75 for RW-SAM with exact per-sample
+# norms, 18 runs of 4 minutes), seconds when rerun; what they showed is in
 # results/digits/README.md. Runs go to runs/digits, the reports to results/digits.
 digits: install
 	scripts/reproduce_digits.sh runs/digits results/digits
